@@ -1,0 +1,77 @@
+"""Trainer callbacks: a progress bar that shows the reward, and a table of sample prompts.
+
+TRL logs each reward's mean and std (`rewards/<name>/mean`, `/std`), the total (`reward`), KL and
+completion lengths every `logging_steps`; these callbacks add what a researcher watches on top.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+log = logging.getLogger(__name__)
+
+
+class RewardProgressCallback(ProgressCallback):
+    """The usual step/ETA progress bar with the latest total and per-reward means as postfix."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {"reward": logs.get("reward")}
+            shown.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and k.endswith("/mean")})
+            self.training_bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if isinstance(v, (int, float))}, refresh=False)
+        # keep the bar clean: metrics go to the log file and wandb, not through tqdm.write
+        if state.is_world_process_zero and logs:
+            log.info("step %d: %s", state.global_step, json.dumps({k: _round(v) for k, v in logs.items()}))
+
+
+def _round(value: Any) -> Any:
+    return round(value, 5) if isinstance(value, float) else value
+
+
+class SampleLogger(TrainerCallback):
+    """Every N steps: a few rollouts (prompt text, both images, per-reward scores) to jsonl and wandb.
+
+    Reads the rollouts TRL keeps for its own completion table (`trainer._logs`); TRL's table
+    itself is off (`log_completions=false`) because it fails on image prompts.
+    """
+
+    def __init__(self, run_dir: str, every: int, count: int, use_wandb: bool):
+        self.path = Path(run_dir) / "samples.jsonl"
+        self.every, self.count, self.use_wandb = every, count, use_wandb
+        self.trainer: Any = None
+
+    def on_log(self, args, state, control, **kwargs):
+        if self.trainer is None or not state.is_world_process_zero or self.every <= 0:
+            return
+        if state.global_step % self.every and state.global_step != 1:
+            return
+        logs = getattr(self.trainer, "_logs", None)
+        if not logs or not logs.get("completion"):
+            return
+        completions = list(logs["completion"])[-self.count :]
+        images = list(logs.get("images") or [])[-self.count :]
+        rewards = {name: list(values)[-self.count :] for name, values in logs.get("rewards", {}).items()}
+        rows = []
+        for i, completion in enumerate(completions):
+            text = completion if isinstance(completion, str) else json.dumps(completion)
+            rows.append({"step": state.global_step, "completion": text, **{k: v[i] for k, v in rewards.items() if i < len(v)}})
+        with self.path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        if self.use_wandb:
+            import wandb
+
+            if wandb.run is not None:
+                columns = ["step", "previous", "zoomed", "completion", *rewards]
+                table = wandb.Table(columns=columns)
+                for i, row in enumerate(rows):
+                    pair = images[i] if i < len(images) and images[i] else [None, None]
+                    pics = [wandb.Image(im) if im is not None else None for im in (list(pair) + [None, None])[:2]]
+                    table.add_data(row["step"], *pics, row["completion"], *[row.get(k) for k in rewards])
+                wandb.log({"samples": table}, commit=False)

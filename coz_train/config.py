@@ -1,0 +1,167 @@
+"""Structured configs: the schema every composed config is checked against at start-up.
+
+Hydra merges `conf/config.yaml`, the group options and the experiment delta into
+`CozTrainConfig`, so a misspelt key or a value of the wrong type stops the run before any
+model loads. The `grpo` section mirrors TRL's `GRPOConfig` field by field under TRL's own
+names (built from TRL's dataclass, so a field TRL adds is reachable without a change here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+CONF_DIR_NAME = "conf"
+
+
+def config_dir() -> str:
+    """The `conf/` folder: shipped inside the installed package, or at the top of a checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / CONF_DIR_NAME, package_dir.parent / CONF_DIR_NAME):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"coz_train's configs were not found in {package_dir / CONF_DIR_NAME} or "
+        f"{package_dir.parent / CONF_DIR_NAME}: reinstall the package (pip install -e .)."
+    )
+
+
+@dataclass
+class DataConfig:
+    image_dir: Optional[str] = None  # a folder of HR images (searched recursively)
+    dataset: Optional[str] = None  # a Hugging Face dataset name or local dataset folder
+    dataset_split: str = "train"
+    dataset_image_column: str = "image"
+    shipped_images: list[str] = field(default_factory=list)  # skimage.data names when no folder/dataset
+    max_images: Optional[int] = None  # use at most this many source images (sorted order)
+    process_size: int = 512  # short side resize + centre crop, as CoZ inference
+    scale: int = 4  # each zoom step crops 1/scale of each side
+    depth: int = 4  # zoom depths 1..depth: 4x, 16x, 64x, 256x
+    crop: str = "center"  # center (as inference) | random
+    chains_per_image: int = 1  # with crop=random: independent random chains per image
+    upscaler: str = "bicubic"  # how a crop is brought back to process_size
+    small_images: str = "upscale"  # images with short side < process_size: upscale | skip
+    max_image_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
+    cache_dir: Optional[str] = None  # Arrow cache of built samples; default ~/.cache/coz_train/zoom_pairs
+    single_image_prompt: bool = False  # the paper's single-image variant (`recursive` mode)
+
+
+@dataclass
+class LoraSection:
+    r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    bias: str = "none"
+    # Language-model linears only (vision tower stays frozen); a regex PEFT matches on full names.
+    target_modules: str = (
+        r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+    )
+
+
+@dataclass
+class PolicyConfig:
+    name_or_path: str = MISSING  # hub id, local folder, or tiny:<arch>[@seed] for offline runs
+    revision: Optional[str] = None
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    attn_implementation: Optional[str] = None  # sdpa | flash_attention_2 | eager
+    min_pixels: Optional[int] = None  # processor image budget; None keeps the model's default
+    max_pixels: Optional[int] = None
+    freeze_vision_tower: bool = True
+    freeze_projector: bool = True
+    trust_remote_code: bool = False
+    lora: LoraSection = field(default_factory=LoraSection)
+
+
+@dataclass
+class CriticConfig:
+    name_or_path: str = MISSING
+    backend: str = "hf"  # hf: transformers image-text-to-text | internvl_remote: InternVL chat remote code
+    revision: Optional[str] = None
+    dtype: str = "auto"
+    attn_implementation: Optional[str] = None
+    device: str = "auto"  # auto (the training device) | cpu | cuda:N
+    scoring: str = "generate"  # generate (parse the number, as the paper) | logits (expected score)
+    score_max: int = 100  # the instruction asks for an integer 0..score_max; reward = score / score_max
+    batch_size: int = 8
+    max_new_tokens: int = 8
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    trust_remote_code: bool = False
+    instruction: str = MISSING
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    project: str = "coz_train"
+    run_name: Optional[str] = None  # default: <experiment>-<time>
+    mode: str = "auto"  # auto (offline without credentials) | online | offline | disabled
+    sample_every: int = 10  # log a table of prompts, images and rewards every N steps
+    sample_count: int = 4
+
+
+def _schema_type(annotation: Any) -> Any:
+    """Map a GRPOConfig field type onto one OmegaConf can check; anything richer becomes Any."""
+    simple = {bool, int, float, str}
+    if annotation in simple:
+        return annotation
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if text in (f"{name} | None", f"None | {name}", f"Optional[{name}]"):
+            return Optional[kind]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and args[0] in simple:
+            return Optional[args[0]]
+    return Any
+
+
+def _grpo_section() -> type:
+    from trl import GRPOConfig
+
+    specs = []
+    for f in dataclasses.fields(GRPOConfig):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if hasattr(default, "value") and not isinstance(default, (int, float, str, bool)):
+            default = default.value  # enums -> their string value
+        if isinstance(default, (list, dict)):
+            specs.append((f.name, Any, field(default_factory=lambda d=default: d)))
+        else:
+            specs.append((f.name, _schema_type(f.type), field(default=default)))
+    return dataclasses.make_dataclass("GRPOSection", specs)
+
+
+GRPOSection = _grpo_section()
+
+
+@dataclass
+class CozTrainConfig:
+    seed: int = 0
+    experiment_name: str = "default"
+    output_dir: str = MISSING  # the run folder (Hydra's run dir by default)
+    resume: str = "none"  # none | auto | <checkpoint path>
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    # name -> {weight: float, ...params}; names must be registered in coz_train.rewards
+    rewards: dict[str, Any] = field(default_factory=dict)
+    grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="coz_train_schema", node=CozTrainConfig)

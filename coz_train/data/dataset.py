@@ -1,0 +1,172 @@
+"""Building the GRPO training set of zoom pairs, cached on disk as Arrow.
+
+One row per (image, chain, depth): `prompt` (the CoZ message, conversational), `images`
+([previous state, zoomed image]), `depth`, `source` and `crop_box`. The rows are written once
+with `datasets` under `<cache_dir>/<key>`, where the key hashes the data config, the seed (for
+random crops) and the list of source files with their sizes and times, so a second run with the
+same data loads them instead of rebuilding, and any change to the images or the config rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from coz_train.data.images import NoUsableImagesError, SkipReport, list_image_files, load_rgb, shipped_images
+from coz_train.data.prompts import zoom_prompt
+from coz_train.data.zoom import resampler, start_state, zoom_chain
+from coz_train.tiny.models import cache_root
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the row layout or the chain construction changes
+GEOMETRY_KEYS = (
+    "process_size", "scale", "depth", "crop", "chains_per_image", "upscaler", "small_images",
+    "max_image_pixels", "single_image_prompt", "max_images",
+)
+
+FEATURES = datasets.Features(
+    {
+        "prompt": [
+            {"role": datasets.Value("string"), "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}
+        ],
+        "images": datasets.Sequence(datasets.Image()),
+        "depth": datasets.Value("int32"),
+        "source": datasets.Value("string"),
+        "crop_box": datasets.Sequence(datasets.Value("int32"), length=4),
+    }
+)
+
+
+@dataclass
+class ImageSource:
+    """Where the HR images come from: names plus a way to open each, and a signature for the cache key."""
+
+    kind: str
+    items: list[tuple[str, Any]]  # (name, path | PIL image | dataset index)
+    signature: Any
+    dataset: Any = None
+
+    def open(self, item: Any) -> str | Path | Image.Image:
+        if self.kind == "hub":
+            return self.dataset[item]
+        return item
+
+
+def image_source(data_cfg: Any) -> ImageSource:
+    if data_cfg.dataset:
+        ds = datasets.load_dataset(data_cfg.dataset, split=data_cfg.dataset_split)
+        column = data_cfg.dataset_image_column
+        if column not in ds.column_names:
+            raise KeyError(
+                f"data.dataset_image_column='{column}' is not a column of {data_cfg.dataset} "
+                f"(columns: {ds.column_names}); set data.dataset_image_column."
+            )
+        ds = ds.select_columns([column])
+        items = [(f"{data_cfg.dataset}[{i}]", i) for i in range(len(ds))]
+        source = ImageSource("hub", items, ["hub", data_cfg.dataset, data_cfg.dataset_split, ds._fingerprint])
+        source.dataset = _ColumnView(ds, column)
+        return source
+    if data_cfg.image_dir:
+        files = list_image_files(data_cfg.image_dir)
+        root = Path(data_cfg.image_dir).expanduser()
+        if not files:
+            raise NoUsableImagesError(f"data.image_dir='{data_cfg.image_dir}' contains no image files ({sorted({'.png', '.jpg', '...'})}).")
+        signature = [["folder", str(root.resolve())]] + [
+            [str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
+        ]
+        return ImageSource("folder", [(str(p.relative_to(root)), p) for p in files], signature)
+    import skimage
+
+    names = list(data_cfg.shipped_images)
+    return ImageSource("shipped", shipped_images(names), ["shipped", skimage.__version__, names])
+
+
+class _ColumnView:
+    def __init__(self, ds: datasets.Dataset, column: str):
+        self.ds, self.column = ds, column
+
+    def __getitem__(self, i: int) -> Any:
+        return self.ds[i][self.column]
+
+
+def cache_key(data_cfg: Any, seed: int, signature: Any) -> str:
+    geometry = {k: data_cfg[k] for k in GEOMETRY_KEYS}
+    if data_cfg.crop == "random":
+        geometry["seed"] = seed
+    blob = json.dumps([CACHE_FORMAT, geometry, signature], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _rows(data_cfg: Any, seed: int, source: ImageSource, report: SkipReport, used: list[str]) -> Iterator[dict]:
+    upscale = resampler(data_cfg.upscaler)
+    prompt = zoom_prompt(data_cfg.single_image_prompt)
+    for index, (name, item) in enumerate(source.items):
+        image = load_rgb(
+            source.open(item), name, data_cfg.process_size, data_cfg.small_images, data_cfg.max_image_pixels, report
+        )
+        if image is None:
+            continue
+        used.append(name)
+        start = start_state(image, data_cfg.process_size)
+        for chain in range(data_cfg.chains_per_image):
+            # One generator per (image, chain): the crops do not depend on which other images exist.
+            rng = np.random.default_rng([seed, index, chain]) if data_cfg.crop == "random" else None
+            states, boxes = zoom_chain(start, data_cfg.depth, data_cfg.scale, data_cfg.crop, upscale, rng)
+            for depth in range(1, data_cfg.depth + 1):
+                pair = [states[depth]] if data_cfg.single_image_prompt else [states[depth - 1], states[depth]]
+                yield {"prompt": prompt, "images": pair, "depth": depth, "source": name, "crop_box": list(boxes[depth - 1])}
+        if data_cfg.max_images is not None and len(used) >= data_cfg.max_images:
+            break
+
+
+def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
+    """The zoom-pair dataset for this config, from the cache when it is there."""
+    for key, low in (("process_size", 8), ("scale", 2), ("depth", 1), ("chains_per_image", 1)):
+        if data_cfg[key] < low:
+            raise ValueError(f"data.{key}={data_cfg[key]} must be >= {low}.")
+    if data_cfg.process_size // data_cfg.scale < 1:
+        raise ValueError(f"data.process_size={data_cfg.process_size} is too small for data.scale={data_cfg.scale}.")
+    if data_cfg.small_images not in ("upscale", "skip"):
+        raise ValueError(f"data.small_images='{data_cfg.small_images}' must be 'upscale' or 'skip'.")
+    source = image_source(data_cfg)
+    root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else cache_root() / "zoom_pairs"
+    target = root / cache_key(data_cfg, seed, source.signature)
+    if (target / "dataset_info.json").is_file():
+        ds = datasets.load_from_disk(str(target))
+        log.info("Zoom pairs: %d samples loaded from cache %s", len(ds), target)
+        return ds
+
+    report, used = SkipReport(), []
+    tmp = target.with_name(f"{target.name}.building{os.getpid()}")
+    ds = datasets.Dataset.from_generator(
+        _rows,
+        features=FEATURES,
+        gen_kwargs={"data_cfg": data_cfg, "seed": seed, "source": source, "report": report, "used": used},
+        cache_dir=str(tmp / "work"),
+        keep_in_memory=False,
+    )
+    if report.total:
+        log.warning("Skipped %d of %d source images: %s", report.total, report.total + len(used), report.summary())
+    if len(ds) == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NoUsableImagesError(
+            f"No usable image among {len(source.items)} from the {source.kind} source ({report.summary()}). "
+            "Check data.image_dir / data.dataset, or use data.small_images=upscale for small images."
+        )
+    ds.save_to_disk(str(tmp / "final"))
+    (tmp / "final").rename(target)  # atomic publish: a crashed build is never loaded
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Zoom pairs: %d samples from %d images built into %s", len(ds), len(used), target)
+    return datasets.load_from_disk(str(target))

@@ -1,0 +1,105 @@
+"""Tiny random VLMs built from config, saved as ordinary model folders.
+
+`tiny:<arch>[@<seed>]` in `policy.name_or_path` or `critic.name_or_path` builds such a model
+once into the cache (`$COZ_TRAIN_CACHE`, default `~/.cache/coz_train`) and from then on it is
+loaded from that folder by the same `from_pretrained` code as a real checkpoint. The weights are
+random (seeded), the tokenizer is trained offline (`coz_train.tiny.tokenizer`), and the image
+processor keeps images to a handful of tokens, so a GRPO step takes well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from coz_train.tiny.tokenizer import build_tokenizer
+
+TINY_PREFIX = "tiny:"
+TINY_VERSION = 1  # bump when the tiny architecture changes so old cache folders are not reused
+ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COZ_TRAIN_CACHE", Path.home() / ".cache" / "coz_train"))
+
+
+def parse_tiny(name: str) -> tuple[str, int]:
+    """`tiny:qwen2_5_vl@1` -> ("qwen2_5_vl", 1)."""
+    spec = name[len(TINY_PREFIX):]
+    arch, _, seed = spec.partition("@")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown tiny model '{name}': use tiny:<arch>[@seed] with arch in {ARCHITECTURES}.")
+    try:
+        return arch, int(seed) if seed else 0
+    except ValueError:
+        raise ValueError(f"Bad seed in tiny model name '{name}': expected an integer after '@'.") from None
+
+
+def _build(arch: str, seed: int, out_dir: Path) -> None:
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    tokenizer = build_tokenizer()
+    tid = tokenizer.convert_tokens_to_ids
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        # M-RoPE: (temporal, height, width) sections must sum to head_dim / 2 = 4
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        bos_token_id=tid("<|endoftext|>"),
+        eos_token_id=tid("<|im_end|>"),
+        pad_token_id=tid("<|endoftext|>"),
+    )
+    vision = dict(depth=2, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    special = dict(
+        image_token_id=tid("<|image_pad|>"),
+        video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"),
+        vision_end_token_id=tid("<|vision_end|>"),
+    )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config
+        from transformers import Qwen2_5_VLForConditionalGeneration as Model
+        from transformers import Qwen2_5_VLProcessor as Processor
+
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=32, window_size=56, fullatt_block_indexes=[1])
+    else:
+        from transformers import Qwen2VLConfig as Config
+        from transformers import Qwen2VLForConditionalGeneration as Model
+        from transformers import Qwen2VLProcessor as Processor
+
+        vision.update(embed_dim=32, hidden_size=32, mlp_ratio=2)
+    config = Config(text_config=text, vision_config=vision, **special)
+    torch.manual_seed(seed)
+    model = Model(config)
+    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Processor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    tmp.rename(out_dir)  # atomic: a half-written folder is never picked up
+
+
+def ensure_tiny_model(name: str) -> str:
+    """Build the tiny model named `tiny:<arch>[@seed]` if needed; return its folder."""
+    arch, seed = parse_tiny(name)
+    out_dir = cache_root() / "tiny" / f"{arch}-seed{seed}-v{TINY_VERSION}"
+    if not (out_dir / "config.json").is_file():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _build(arch, seed, out_dir)
+        except OSError:
+            if not (out_dir / "config.json").is_file():  # another process won the race: fine
+                raise
+    return str(out_dir)

@@ -1,0 +1,108 @@
+"""GRPO training of the Chain-of-Zoom prompt VLM: data -> policy -> rewards -> TRL GRPOTrainer.
+
+    python -m coz_train +experiment=smoke                                   # offline, CPU, minutes
+    python -m coz_train +experiment=grpo_qwen data.image_dir=/data/LSDIR   # the paper's recipe
+
+Everything cheap and checkable happens before a model loads: the config schema (Hydra), the
+reward names and parameters, and whether the policy and critic can be had at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from coz_train.callbacks import RewardProgressCallback, SampleLogger
+from coz_train.config import GRPOSection
+from coz_train.data import build_zoom_dataset
+from coz_train.hub import resolve_model
+from coz_train.policy import load_processor, load_vlm, lora_config
+from coz_train.rewards import active_rewards, build_rewards
+from coz_train.wandb_setup import configure_wandb
+
+log = logging.getLogger(__name__)
+
+
+def grpo_args(cfg: DictConfig, reward_weights: list[float], report_to: list[str]) -> Any:
+    """TRL's GRPOConfig from the `grpo` section: only values that differ from TRL's defaults are passed."""
+    from trl import GRPOConfig
+
+    values = OmegaConf.to_container(cfg.grpo, resolve=True)
+    if values.get("reward_weights") is not None:
+        raise ValueError("grpo.reward_weights is set from rewards.<name>.weight: leave grpo.reward_weights unset.")
+    defaults = GRPOSection()
+    kwargs = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+    run_name = cfg.logging.run_name or f"{cfg.experiment_name}-{Path(cfg.output_dir).name}"
+    kwargs.update(output_dir=cfg.output_dir, reward_weights=reward_weights, report_to=report_to, run_name=run_name)
+    return GRPOConfig(**kwargs)
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        found = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+        log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
+        return found
+    if not Path(cfg.resume).is_dir():
+        raise FileNotFoundError(f"resume='{cfg.resume}' is not a checkpoint folder (use resume=auto|none|<checkpoint-N path>).")
+    return cfg.resume
+
+
+def train(cfg: DictConfig) -> Path:
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    rewards = active_rewards(cfg.rewards)
+    policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
+    if any(name == "critic" for name, _, _ in rewards):
+        resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
+    resume = resume_checkpoint(cfg)
+
+    dataset = build_zoom_dataset(cfg.data, cfg.seed)
+    processor = load_processor(policy_path, cfg.policy)
+    model = load_vlm(policy_path, cfg.policy)
+    peft_config = lora_config(cfg.policy, model)
+    reward_funcs, reward_weights = build_rewards(cfg)
+    report_to = configure_wandb(cfg)
+    args = grpo_args(cfg, reward_weights, report_to)
+
+    from transformers.trainer_callback import ProgressCallback
+    from trl import GRPOTrainer
+
+    samples = SampleLogger(str(run_dir), cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[samples],
+    )
+    samples.trainer = trainer
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RewardProgressCallback())
+    log.info(
+        "GRPO: %d zoom pairs, rewards %s, %d steps",
+        len(dataset), {name: weight for name, weight, _ in rewards}, args.max_steps,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+
+    adapter_dir = run_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    if trainer.is_world_process_zero():
+        log.info("Run folder: %s", run_dir.resolve())
+        log.info("LoRA adapter: %s", adapter_dir.resolve())
+        log.info("Config: %s   log: %s", run_dir.resolve() / ".hydra" / "config.yaml", run_dir.resolve() / "train.log")
+        if "wandb" in report_to:
+            log.info("wandb run: %s", run_dir.resolve() / "wandb")
+    return adapter_dir
