@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from coz_train.callbacks import RewardProgressCallback, SampleLogger
 from coz_train.config import GRPOSection
-from coz_train.data import build_zoom_dataset
+from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.hub import resolve_model
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.rewards import active_rewards, build_rewards
@@ -54,14 +54,15 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return cfg.resume
 
 
-def train(cfg: DictConfig) -> Path:
+def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
+    """Everything up to `trainer.train()`: returns the GRPOTrainer and the checkpoint to resume from."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
     rewards = active_rewards(cfg.rewards)
+    check_data_config(cfg.data)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
     if any(name == "critic" for name, _, _ in rewards):
         resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
@@ -78,7 +79,7 @@ def train(cfg: DictConfig) -> Path:
     from transformers.trainer_callback import ProgressCallback
     from trl import GRPOTrainer
 
-    samples = SampleLogger(str(run_dir), cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
+    samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -95,14 +96,20 @@ def train(cfg: DictConfig) -> Path:
         "GRPO: %d zoom pairs, rewards %s, %d steps",
         len(dataset), {name: weight for name, weight, _ in rewards}, args.max_steps,
     )
-    trainer.train(resume_from_checkpoint=resume)
+    return trainer, resume
 
+
+def train(cfg: DictConfig) -> Path:
+    """Train and save the final adapter to `<output_dir>/adapter`; return that folder."""
+    trainer, resume = build_trainer(cfg)
+    trainer.train(resume_from_checkpoint=resume)
+    run_dir = Path(cfg.output_dir)
     adapter_dir = run_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     if trainer.is_world_process_zero():
         log.info("Run folder: %s", run_dir.resolve())
         log.info("LoRA adapter: %s", adapter_dir.resolve())
         log.info("Config: %s   log: %s", run_dir.resolve() / ".hydra" / "config.yaml", run_dir.resolve() / "train.log")
-        if "wandb" in report_to:
-            log.info("wandb run: %s", run_dir.resolve() / "wandb")
+        if "wandb" in trainer.args.report_to:
+            log.info("wandb offline/online run files: %s", run_dir.resolve() / "wandb")
     return adapter_dir

@@ -131,8 +131,8 @@ def _rows(data_cfg: Any, seed: int, source: ImageSource, report: SkipReport, use
             break
 
 
-def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
-    """The zoom-pair dataset for this config, from the cache when it is there."""
+def check_data_config(data_cfg: Any) -> None:
+    """Cheap checks that must fail before any model loads."""
     for key, low in (("process_size", 8), ("scale", 2), ("depth", 1), ("chains_per_image", 1)):
         if data_cfg[key] < low:
             raise ValueError(f"data.{key}={data_cfg[key]} must be >= {low}.")
@@ -140,6 +140,18 @@ def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
         raise ValueError(f"data.process_size={data_cfg.process_size} is too small for data.scale={data_cfg.scale}.")
     if data_cfg.small_images not in ("upscale", "skip"):
         raise ValueError(f"data.small_images='{data_cfg.small_images}' must be 'upscale' or 'skip'.")
+    resampler(data_cfg.upscaler)
+    if not (data_cfg.image_dir or data_cfg.dataset or data_cfg.shipped_images):
+        raise ValueError(
+            "No training images: set data.image_dir=<folder of HR images> or data.dataset=<Hugging Face dataset>."
+        )
+    if data_cfg.image_dir and not Path(data_cfg.image_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"data.image_dir='{data_cfg.image_dir}' is not a folder: point it at a folder of images.")
+
+
+def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
+    """The zoom-pair dataset for this config, from the cache when it is there."""
+    check_data_config(data_cfg)
     source = image_source(data_cfg)
     root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else cache_root() / "zoom_pairs"
     target = root / cache_key(data_cfg, seed, source.signature)
@@ -150,16 +162,21 @@ def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
 
     report, used = SkipReport(), []
     tmp = target.with_name(f"{target.name}.building{os.getpid()}")
-    ds = datasets.Dataset.from_generator(
-        _rows,
-        features=FEATURES,
-        gen_kwargs={"data_cfg": data_cfg, "seed": seed, "source": source, "report": report, "used": used},
-        cache_dir=str(tmp / "work"),
-        keep_in_memory=False,
-    )
+    try:
+        ds = datasets.Dataset.from_generator(
+            _rows,
+            features=FEATURES,
+            gen_kwargs={"data_cfg": data_cfg, "seed": seed, "source": source, "report": report, "used": used},
+            cache_dir=str(tmp / "work"),
+            keep_in_memory=False,
+        )
+    except ValueError:
+        if used:  # not the empty-dataset case
+            raise
+        ds = None
     if report.total:
         log.warning("Skipped %d of %d source images: %s", report.total, report.total + len(used), report.summary())
-    if len(ds) == 0:
+    if ds is None or len(ds) == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise NoUsableImagesError(
             f"No usable image among {len(source.items)} from the {source.kind} source ({report.summary()}). "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from peft import LoraConfig
 
 # Where image-text-to-text models keep their vision tower and their projector (first match wins).
@@ -47,7 +48,13 @@ def trainable_vision_modules(model: Any, freeze_vision_tower: bool, freeze_proje
         raise ValueError(f"policy.freeze_projector=false: no projector found in {type(model).__name__}.")
     selected = []
     if not freeze_vision_tower:
-        selected += [f"{tower_name}.{n}" for n, _ in tower.named_children() if f"{tower_name}.{n}" != projector]
+        for child_name, child in tower.named_children():
+            full = f"{tower_name}.{child_name}"
+            if full == projector or not any(True for _ in child.parameters()):
+                continue
+            # PEFT wraps single modules, not containers: list a ModuleList's members one by one
+            children = list(child.named_children()) if isinstance(child, torch.nn.ModuleList) else [(None, child)]
+            selected += [full if sub is None else f"{full}.{sub}" for sub, _ in children]
     if not freeze_projector:
         selected.append(projector)
     return selected

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from PIL import Image
+
+from coz_train.rewards.critic import CriticReward, HFCritic, critic_device, parse_score
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [("85", 85.0), ("Score: 42.", 42.0), (" 100", 100.0), ("0", 0.0), ("I'd say 7 out of 10", 7.0),
+     ("", None), ("great prompt", None), ("150", None), ("-5", 5.0)],
+)
+def test_parse_score(answer, expected):
+    assert parse_score(answer, 100) == expected
+
+
+def pair(color):
+    return [Image.new("RGB", (64, 64), color), Image.new("RGB", (64, 64), tuple(255 - c for c in color))]
+
+
+@pytest.fixture(scope="module")
+def critic_cfg():
+    from tests.conftest import compose_config
+
+    return compose_config(["+experiment=smoke"], output_dir="/tmp/unused").critic
+
+
+def test_logits_mode_gives_expected_scores_in_range_and_is_frozen(critic_cfg):
+    critic = HFCritic(critic_cfg, critic_device("cpu"))
+    assert not critic.model.training
+    assert not any(p.requires_grad for p in critic.model.parameters())
+    reward = CriticReward(critic, critic_cfg.score_max, batch_size=2)
+    images = [pair((200, 10, 10)), pair((10, 200, 10)), pair((10, 10, 200))]
+    logged = {}
+    out = reward(prompts=[None] * 3, completions=["fur", "bricks", [{"role": "assistant", "content": "sky"}]],
+                 images=images, log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert all(0.0 <= r <= 1.0 for r in out)
+    assert logged["critic/unparsable"] == 0.0
+    # batching does not change scores; the prompt text does
+    single = CriticReward(critic, critic_cfg.score_max, batch_size=1)(completions=["fur", "bricks", "sky"], images=images)
+    assert single == pytest.approx(out, abs=1e-5)
+    other = reward(completions=["completely different words here"] * 3, images=images)
+    assert other != pytest.approx(out, abs=1e-7)
+
+
+def test_generate_mode_unparsable_is_none_and_counted(critic_cfg):
+    cfg = critic_cfg.copy()
+    cfg.scoring = "generate"
+    critic = HFCritic(cfg, critic_device("cpu"))
+    logged = {}
+    out = CriticReward(critic, cfg.score_max, 4)(completions=["fur", "bricks"], images=[pair((1, 2, 3))] * 2,
+                                                   log_metric=lambda k, v: logged.__setitem__(k, v))
+    # a random tiny model writes no number in range: None (never a fake 0), and the rate is logged
+    for value, score in zip(out, critic.score([pair((1, 2, 3))] * 2, ["fur", "bricks"]), strict=True):
+        assert value == (None if score is None else score / cfg.score_max)
+    assert logged["critic/unparsable"] == sum(v is None for v in out) / 2
+
+
+def test_logits_mode_refuses_multi_token_scores(critic_cfg):
+    cfg = critic_cfg.copy()
+    cfg.score_max = 100
+    with pytest.raises(ValueError, match="score_max=9"):
+        HFCritic(cfg, critic_device("cpu"))
+
+
+def test_out_of_memory_halves_the_batch():
+    calls = []
+
+    class Flaky:
+        def score(self, images, texts):
+            calls.append(len(texts))
+            if len(texts) > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return [50.0] * len(texts)
+
+    out = CriticReward(Flaky(), 100, batch_size=8)(completions=["a"] * 5, images=[[None, None]] * 5)
+    assert out == [0.5] * 5
+    assert calls == [5, 4, 2, 2, 1]  # 8 (5 left) -> OOM, 4 -> OOM, then pairs of 2 fit
+
+
+def test_missing_images_is_an_error():
+    with pytest.raises(ValueError, match="images"):
+        CriticReward(object(), 100, 8)(completions=["a"], images=None)
