@@ -14,6 +14,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from coz_train.rewards.text import completion_text
+
 log = logging.getLogger(__name__)
 
 
@@ -59,19 +61,42 @@ class SampleLogger(TrainerCallback):
         rewards = {name: list(values)[-self.count :] for name, values in logs.get("rewards", {}).items()}
         rows = []
         for i, completion in enumerate(completions):
-            text = completion if isinstance(completion, str) else json.dumps(completion)
+            text = completion_text(completion)
             rows.append({"step": state.global_step, "completion": text, **{k: v[i] for k, v in rewards.items() if i < len(v)}})
         with self.path.open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
         if self.use_wandb:
-            import wandb
+            self._to_wandb(rows, images, list(rewards))
 
-            if wandb.run is not None:
-                columns = ["step", "previous", "zoomed", "completion", *rewards]
-                table = wandb.Table(columns=columns)
-                for i, row in enumerate(rows):
-                    pair = images[i] if i < len(images) and images[i] else [None, None]
-                    pics = [wandb.Image(im) if im is not None else None for im in (list(pair) + [None, None])[:2]]
-                    table.add_data(row["step"], *pics, row["completion"], *[row.get(k) for k in rewards])
-                wandb.log({"samples": table}, commit=False)
+    @staticmethod
+    def _to_wandb(rows: list[dict], images: list, reward_names: list[str]) -> None:
+        import wandb
+
+        if wandb.run is None:
+            return
+        table = wandb.Table(columns=["step", "completion", *reward_names])
+        pictures = []
+        for i, row in enumerate(rows):
+            table.add_data(row["step"], row["completion"], *[row.get(k) for k in reward_names])
+            pair = [im for im in (images[i] if i < len(images) and images[i] else []) if im is not None]
+            if pair:
+                scores = ", ".join(f"{k}={row[k]:.3f}" for k in reward_names if isinstance(row.get(k), float))
+                pictures.append(wandb.Image(side_by_side(pair), caption=f"{row['completion']} [{scores}]"))
+        payload: dict[str, Any] = {"samples/table": table}
+        if pictures:
+            payload["samples/pairs"] = pictures
+        wandb.log(payload, commit=False)
+
+
+def side_by_side(images: list) -> Any:
+    """[previous state, zoomed image] as one picture, left to right."""
+    from PIL import Image
+
+    height = max(im.height for im in images)
+    canvas = Image.new("RGB", (sum(im.width for im in images), height), (255, 255, 255))
+    x = 0
+    for im in images:
+        canvas.paste(im.convert("RGB"), (x, 0))
+        x += im.width
+    return canvas

@@ -35,12 +35,12 @@ def config_dir() -> str:
 
 @dataclass
 class DataConfig:
-    image_dir: Optional[str] = None  # a folder of HR images (searched recursively)
-    dataset: Optional[str] = None  # a Hugging Face dataset name or local dataset folder
+    image_dir: str | None = None  # a folder of HR images (searched recursively)
+    dataset: str | None = None  # a Hugging Face dataset name or local dataset folder
     dataset_split: str = "train"
     dataset_image_column: str = "image"
     shipped_images: list[str] = field(default_factory=list)  # skimage.data names when no folder/dataset
-    max_images: Optional[int] = None  # use at most this many source images (sorted order)
+    max_images: int | None = None  # use at most this many source images (sorted order)
     process_size: int = 512  # short side resize + centre crop, as CoZ inference
     scale: int = 4  # each zoom step crops 1/scale of each side
     depth: int = 4  # zoom depths 1..depth: 4x, 16x, 64x, 256x
@@ -49,7 +49,7 @@ class DataConfig:
     upscaler: str = "bicubic"  # how a crop is brought back to process_size
     small_images: str = "upscale"  # images with short side < process_size: upscale | skip
     max_image_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
-    cache_dir: Optional[str] = None  # Arrow cache of built samples; default ~/.cache/coz_train/zoom_pairs
+    cache_dir: str | None = None  # Arrow cache of built samples; default ~/.cache/coz_train/zoom_pairs
     single_image_prompt: bool = False  # the paper's single-image variant (`recursive` mode)
 
 
@@ -68,11 +68,11 @@ class LoraSection:
 @dataclass
 class PolicyConfig:
     name_or_path: str = MISSING  # hub id, local folder, or tiny:<arch>[@seed] for offline runs
-    revision: Optional[str] = None
+    revision: str | None = None
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
-    attn_implementation: Optional[str] = None  # sdpa | flash_attention_2 | eager
-    min_pixels: Optional[int] = None  # processor image budget; None keeps the model's default
-    max_pixels: Optional[int] = None
+    attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager
+    min_pixels: int | None = None  # processor image budget; None keeps the model's default
+    max_pixels: int | None = None
     freeze_vision_tower: bool = True
     freeze_projector: bool = True
     trust_remote_code: bool = False
@@ -83,16 +83,16 @@ class PolicyConfig:
 class CriticConfig:
     name_or_path: str = MISSING
     backend: str = "hf"  # hf: transformers image-text-to-text | internvl_remote: InternVL chat remote code
-    revision: Optional[str] = None
+    revision: str | None = None
     dtype: str = "auto"
-    attn_implementation: Optional[str] = None
+    attn_implementation: str | None = None
     device: str = "auto"  # auto (the training device) | cpu | cuda:N
     scoring: str = "generate"  # generate (parse the number, as the paper) | logits (expected score)
     score_max: int = 100  # the instruction asks for an integer 0..score_max; reward = score / score_max
     batch_size: int = 8
     max_new_tokens: int = 8
-    min_pixels: Optional[int] = None
-    max_pixels: Optional[int] = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     trust_remote_code: bool = False
     instruction: str = MISSING
 
@@ -101,7 +101,7 @@ class CriticConfig:
 class LoggingConfig:
     wandb: bool = True
     project: str = "coz_train"
-    run_name: Optional[str] = None  # default: <experiment>-<time>
+    run_name: str | None = None  # default: <experiment>-<time>
     mode: str = "auto"  # auto (offline without credentials) | online | offline | disabled
     sample_every: int = 10  # log a table of prompts, images and rewards every N steps
     sample_count: int = 4
@@ -115,11 +115,11 @@ def _schema_type(annotation: Any) -> Any:
     text = annotation if isinstance(annotation, str) else str(annotation)
     for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if text in (f"{name} | None", f"None | {name}", f"Optional[{name}]"):
-            return Optional[kind]
+            return Optional[kind]  # noqa: UP045 - OmegaConf reads typing.Optional
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1 and args[0] in simple:
-            return Optional[args[0]]
+            return Optional[args[0]]  # noqa: UP045
     return Any
 
 

@@ -1,6 +1,7 @@
 import pytest
 
 from coz_train.hub import ModelNotAvailableError, resolve_model
+from coz_train.tiny.models import TINY_VERSION
 
 
 def test_missing_local_folder_names_the_key(tmp_path):
@@ -25,7 +26,7 @@ def test_unreachable_hub_fails_fast(monkeypatch):
 
 def test_tiny_models_build_into_a_loadable_folder():
     path = resolve_model("tiny:qwen2_5_vl@3", "policy.name_or_path")
-    assert path.endswith("qwen2_5_vl-seed3-v1")
+    assert path.endswith(f"qwen2_5_vl-seed3-v{TINY_VERSION}")
     assert resolve_model(path, "policy.name_or_path") == path
     with pytest.raises(ValueError, match="Unknown tiny model"):
         resolve_model("tiny:llama", "policy.name_or_path")

@@ -38,7 +38,7 @@ def trainable_vision_modules(model: Any, freeze_vision_tower: bool, freeze_proje
             f"(looked for {VISION_TOWER_NAMES})."
         )
     projector = None
-    for child_name, child in tower.named_children():
+    for child_name, _child in tower.named_children():
         if child_name in PROJECTOR_NAMES:
             projector = f"{tower_name}.{child_name}"
     if projector is None:

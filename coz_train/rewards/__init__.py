@@ -8,11 +8,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from coz_train.rewards import critic  # noqa: E402,F401  (registers "critic")
 from coz_train.rewards.phrase import DEFAULT_PHRASES, phrase_exclusion_reward
 from coz_train.rewards.registry import active_rewards, build_rewards, named, register, registered
 from coz_train.rewards.repetition import repetition_reward
-
-from coz_train.rewards import critic  # noqa: E402,F401  (registers "critic")
 
 
 @register("phrase_exclusion", params=("phrases",))

@@ -17,7 +17,7 @@ import torch
 from coz_train.tiny.tokenizer import build_tokenizer
 
 TINY_PREFIX = "tiny:"
-TINY_VERSION = 1  # bump when the tiny architecture changes so old cache folders are not reused
+TINY_VERSION = 2  # bump when the tiny architecture changes so old cache folders are not reused
 ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl")
 
 
@@ -50,6 +50,8 @@ def _build(arch: str, seed: int, out_dir: Path) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
+        # Larger than the usual 0.02 so that a 32-wide model has logits a LoRA can actually move.
+        initializer_range=0.2,
         # M-RoPE: (temporal, height, width) sections must sum to head_dim / 2 = 4
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
         bos_token_id=tid("<|endoftext|>"),

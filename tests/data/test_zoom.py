@@ -27,7 +27,7 @@ def test_centre_crop_box_is_one_quarter_of_each_side():
 
 def test_random_crop_box_stays_inside_and_follows_the_seed():
     boxes = [crop_box(512, 4, "random", np.random.default_rng(s)) for s in range(50)]
-    assert all(0 <= l and 0 <= t and r <= 512 and b <= 512 and r - l == 128 and b - t == 128 for l, t, r, b in boxes)
+    assert all(0 <= x0 and 0 <= y0 and x1 <= 512 and y1 <= 512 and x1 - x0 == 128 and y1 - y0 == 128 for x0, y0, x1, y1 in boxes)
     assert len(set(boxes)) > 10
     assert crop_box(512, 4, "random", np.random.default_rng(3)) == boxes[3]
 

@@ -1,0 +1,27 @@
+"""The README's first command, end to end, as a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_experiment_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "coz_train", "+experiment=smoke", f"hydra.run.dir={run}"],
+        capture_output=True, text=True, timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    adapter = run / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "train.log").is_file() and "rewards/critic/mean" in (run / "train.log").read_text()
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
+    assert list((run / "wandb").glob("offline-run-*")), "no wandb offline run"
+    assert list((run / "wandb").glob("offline-run-*/files/media/images/samples/pairs_*.png")), "no sample images"
+    assert (run / "samples.jsonl").read_text().strip()
+    assert f"LoRA adapter: {adapter}" in output
