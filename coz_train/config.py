@@ -151,6 +151,7 @@ GRPOSection = _grpo_section()
 @dataclass
 class CozTrainConfig:
     seed: int = 0
+    cpu_threads: int | None = None  # torch intra-op threads; the smoke run uses 1 (small steps stall with more)
     experiment_name: str = "default"
     output_dir: str = MISSING  # the run folder (Hydra's run dir by default)
     resume: str = "none"  # none | auto | <checkpoint path>

@@ -56,8 +56,11 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     """Everything up to `trainer.train()`: returns the GRPOTrainer and the checkpoint to resume from."""
+    import torch
     from transformers import set_seed
 
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     set_seed(cfg.seed)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 

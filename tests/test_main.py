@@ -25,3 +25,16 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert list((run / "wandb").glob("offline-run-*/files/media/images/samples/pairs_*.png")), "no sample images"
     assert (run / "samples.jsonl").read_text().strip()
     assert f"LoRA adapter: {adapter}" in output
+
+
+def test_unavailable_model_stops_fast_with_advice(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "coz_train", "+experiment=grpo_qwen", f"data.image_dir={images}",
+         f"policy.name_or_path={tmp_path / 'no_model'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "policy.name_or_path=" in result.stderr and "+experiment=smoke" in result.stderr
+    assert "Loading weights" not in result.stderr

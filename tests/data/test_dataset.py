@@ -100,3 +100,15 @@ def test_shipped_images_and_single_image_prompt(make_config):
     ds = build_zoom_dataset(data_cfg(make_config, "data.single_image_prompt=true", "data.max_images=1"), seed=0)
     assert len(ds[0]["images"]) == 1 and ds[0]["source"] == "skimage:astronaut"
     assert [p["type"] for p in ds[0]["prompt"][1]["content"]] == ["image"]
+
+
+def test_hugging_face_dataset_source(make_config, image_dir):
+    # a local folder loads through datasets' imagefolder builder, as a hub dataset of images would
+    clean = image_dir.parent / "clean"
+    clean.mkdir()
+    for name in ("rgb.png", "grey.png"):
+        (clean / name).write_bytes((image_dir / name).read_bytes())
+    ds = build_zoom_dataset(data_cfg(make_config, f"data.dataset={clean}"), seed=0)
+    assert len(ds) == 2 * 2 and ds[0]["source"].startswith(str(clean))
+    with pytest.raises(KeyError, match="data.dataset_image_column"):
+        build_zoom_dataset(data_cfg(make_config, f"data.dataset={clean}", "data.dataset_image_column=img"), seed=0)
