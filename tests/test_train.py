@@ -84,3 +84,27 @@ def test_grpo_learns_a_reward_the_tiny_policy_can_move(make_config):
     start, end = np.mean(rewards[:10]), np.mean(rewards[-10:])
     assert start < 0.65  # about half the tokens are even at random
     assert end > start + 0.15, rewards
+
+
+def half_unscorable(prompts=None, completions=None, **kwargs):
+    """Like a critic that cannot parse every other answer."""
+    return [None if i % 2 else 1.0 for i, _ in enumerate(completions)]
+
+
+@register("half_unscorable")
+def _build_half_unscorable(params, cfg):
+    return half_unscorable
+
+
+def test_none_rewards_are_left_out_not_zeroed_and_qwen2_vl_trains(make_config):
+    cfg = make_config(
+        "+experiment=smoke", "policy.name_or_path=tiny:qwen2_vl", "rewards.critic.weight=0",
+        "+rewards.half_unscorable.weight=1.0", "grpo.max_steps=2", "grpo.save_steps=1000", "logging.wandb=false",
+    )
+    trainer, _ = build_trainer(cfg)
+    assert type(trainer.model.base_model.model).__name__ == "Qwen2VLForConditionalGeneration"
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    assert len(logs) == 2 and all(np.isfinite(h["loss"]) for h in logs)
+    # the mean is over the scored half only: a None turned into 0 would make it 0.5
+    assert all(h["rewards/half_unscorable/mean"] == 1.0 for h in logs)

@@ -81,3 +81,15 @@ def test_out_of_memory_halves_the_batch():
 def test_missing_images_is_an_error():
     with pytest.raises(ValueError, match="images"):
         CriticReward(object(), 100, 8)(completions=["a"], images=None)
+
+
+def test_unparsable_answers_become_none_not_zero():
+    class Answers:
+        def score(self, images, texts):
+            return [parse_score(a, 100) for a in ("no idea", "Score: 50", "200", "0")][: len(texts)]
+
+    logged = {}
+    out = CriticReward(Answers(), 100, 8)(completions=["a", "b", "c", "d"], images=[[None, None]] * 4,
+                                          log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert out == [None, 0.5, None, 0.0]
+    assert logged["critic/unparsable"] == 0.5
