@@ -108,3 +108,15 @@ def test_none_rewards_are_left_out_not_zeroed_and_qwen2_vl_trains(make_config):
     assert len(logs) == 2 and all(np.isfinite(h["loss"]) for h in logs)
     # the mean is over the scored half only: a None turned into 0 would make it 0.5
     assert all(h["rewards/half_unscorable/mean"] == 1.0 for h in logs)
+
+
+def test_resume_auto_continues_from_the_newest_checkpoint(make_config, tmp_path):
+    overrides = ["+experiment=smoke", "rewards.critic.weight=0", "grpo.save_steps=1", "logging.wandb=false"]
+    first, resume = build_trainer(make_config(*overrides, "grpo.max_steps=2"))
+    assert resume is None
+    first.train()
+    trainer, resume = build_trainer(make_config(*overrides, "grpo.max_steps=3", "resume=auto"))
+    assert resume is not None and resume.endswith("checkpoint-2")
+    trainer.train(resume_from_checkpoint=resume)
+    assert trainer.state.global_step == 3
+    assert [h["step"] for h in trainer.state.log_history if "reward" in h] == [1, 2, 3]

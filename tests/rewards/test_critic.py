@@ -93,3 +93,31 @@ def test_unparsable_answers_become_none_not_zero():
                                           log_metric=lambda k, v: logged.__setitem__(k, v))
     assert out == [None, 0.5, None, 0.0]
     assert logged["critic/unparsable"] == 0.5
+
+
+def test_internvl_remote_critic_builds_the_multi_image_chat_call():
+    """Our side of the remote-code API: tiling, image headers, tile counts, parsing (the model is a recorder)."""
+    from omegaconf import OmegaConf
+
+    from coz_train.rewards.critic import InternVLRemoteCritic
+
+    calls = []
+
+    class ChatRecorder:
+        def chat(self, tokenizer, pixel_values, question, generation_config, num_patches_list=None):
+            calls.append((pixel_values.shape, question, num_patches_list, generation_config))
+            return "Score: 64"
+
+    critic = InternVLRemoteCritic.__new__(InternVLRemoteCritic)
+    critic.cfg = OmegaConf.create({"instruction": "Prompt: {prompt}. Score 0-{score_max}.", "score_max": 100,
+                                   "max_new_tokens": 8})
+    critic.device, critic.dtype, critic.max_tiles = torch.device("cpu"), torch.float32, 6
+    critic.tokenizer, critic.model = None, ChatRecorder()
+    assert critic.tiles(Image.new("RGB", (512, 512))).shape == (1, 3, 448, 448)
+    assert critic.tiles(Image.new("RGB", (1000, 500))).shape == (3, 3, 448, 448)  # 2x1 grid + thumbnail
+    out = critic.score([[Image.new("RGB", (512, 512)), Image.new("RGB", (1000, 500))]], ["fur"])
+    assert out == [64.0]
+    shape, question, patches, generation = calls[0]
+    assert shape == (4, 3, 448, 448) and patches == [1, 3]
+    assert question == "Image-1: <image>\nImage-2: <image>\nPrompt: fur. Score 0-100."
+    assert generation == {"max_new_tokens": 8, "do_sample": False}
