@@ -33,6 +33,12 @@ def compose_config(overrides: list[str], output_dir: Path):
         return compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
 
 
+@pytest.fixture(scope="session")
+def compose():
+    """compose(overrides, output_dir) -> DictConfig; for module- or session-scoped fixtures."""
+    return compose_config
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """make_config("+experiment=smoke", "grpo.max_steps=2") -> a composed DictConfig writing to tmp_path."""

@@ -6,10 +6,8 @@ from coz_train.policy import load_processor, load_vlm, lora_config
 
 
 @pytest.fixture(scope="module")
-def policy_cfg():
-    from tests.conftest import compose_config
-
-    return compose_config(["+experiment=smoke"], output_dir="/tmp/unused").policy
+def policy_cfg(compose, tmp_path_factory):
+    return compose(["+experiment=smoke"], tmp_path_factory.mktemp("run")).policy
 
 
 def lora_names(model):
