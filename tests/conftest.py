@@ -34,7 +34,7 @@ def compose_config(overrides: list[str], output_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def compose():
+def compose_cfg():
     """compose(overrides, output_dir) -> DictConfig; for module- or session-scoped fixtures."""
     return compose_config
 

@@ -6,8 +6,8 @@ from coz_train.policy import load_processor, load_vlm, lora_config
 
 
 @pytest.fixture(scope="module")
-def policy_cfg(compose, tmp_path_factory):
-    return compose(["+experiment=smoke"], tmp_path_factory.mktemp("run")).policy
+def policy_cfg(compose_cfg, tmp_path_factory):
+    return compose_cfg(["+experiment=smoke"], tmp_path_factory.mktemp("run")).policy
 
 
 def lora_names(model):

@@ -19,8 +19,8 @@ def pair(color):
 
 
 @pytest.fixture(scope="module")
-def critic_cfg(compose, tmp_path_factory):
-    return compose(["+experiment=smoke"], tmp_path_factory.mktemp("run")).critic
+def critic_cfg(compose_cfg, tmp_path_factory):
+    return compose_cfg(["+experiment=smoke"], tmp_path_factory.mktemp("run")).critic
 
 
 def test_logits_mode_gives_expected_scores_in_range_and_is_frozen(critic_cfg):
