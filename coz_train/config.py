@@ -107,6 +107,43 @@ class LoggingConfig:
     sample_count: int = 4
 
 
+@dataclass
+class BackboneSection:
+    name: str = "realesrgan_x4plus"  # realesrgan_x4plus | osediff_sd3 | bicubic | nearest
+    tile: int = 0  # realesrgan: tile size in LR pixels (0 = whole image)
+    tile_pad: int = 16
+    sd3: str | None = None  # osediff_sd3: SD3 hub id or local folder
+    lora_dir: str | None = None  # osediff_sd3: folder with the OSEDiff LoRA files
+    transformer_lora: str = "model_20001.pkl"
+    vae_lora: str = "vae_encoder_20001.pt"
+    dtype: str = "auto"
+    vae_tiling: bool = True
+
+
+@dataclass
+class EvalConfig:
+    image_dir: str | None = None  # eval images; default: the shipped images below
+    shipped_images: list[str] = field(default_factory=list)
+    max_images: int | None = None
+    process_size: int = 512
+    scale: int = 4
+    steps: int = 4  # 4x, 16x, 64x, 256x
+    methods: list[str] = field(default_factory=lambda: ["nearest", "bicubic", "onestep", "recursive_multiscale"])
+    prompt_sources: list[str] = field(default_factory=lambda: ["null", "vlm"])  # null | vlm | vlm+adapter | user
+    user_prompt: str | None = None
+    adapter: str | None = None  # a training run's adapter folder, for the vlm+adapter source
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    colorfix: str = "none"  # none | adain | wavelet
+    small_images: str = "upscale"
+    max_image_pixels: int = 178_956_970
+    metrics: list[str] = field(default_factory=lambda: ["niqe", "piqe", "brisque", "musiq", "maniqa", "clipiqa", "psnr", "ssim"])
+    device: str = "auto"
+    batch_size: int = 4
+    figures: bool = True
+    backbone: BackboneSection = field(default_factory=BackboneSection)
+
+
 def _schema_type(annotation: Any) -> Any:
     """Map a GRPOConfig field type onto one OmegaConf can check; anything richer becomes Any."""
     simple = {bool, int, float, str}
@@ -162,6 +199,7 @@ class CozTrainConfig:
     rewards: dict[str, Any] = field(default_factory=dict)
     grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:

@@ -1,0 +1,54 @@
+"""Figures: each sample's zoom chains side by side, and each metric against zoom scale."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from coz_train.eval.chain import Chain  # noqa: E402
+from coz_train.eval.tables import Row  # noqa: E402
+
+
+def chain_figure(chains: list[Chain], scale: int, path: Path) -> None:
+    """Rows = methods, columns = the start and every zoom step, the step's prompt under it."""
+    steps = len(chains[0].states) - 1
+    fig, axes = plt.subplots(len(chains), steps + 1, figsize=(2.2 * (steps + 1), 2.6 * len(chains)), squeeze=False)
+    for row, chain in enumerate(chains):
+        for col, state in enumerate(chain.states):
+            ax = axes[row][col]
+            ax.imshow(state)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title("input" if col == 0 else f"{scale**col}x", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(chain.method, fontsize=8)
+            elif chain.prompts[col - 1]:
+                ax.set_xlabel(textwrap.fill(chain.prompts[col - 1], 28)[:140], fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def metric_plots(rows: list[Row], higher_is_better: dict[str, bool], path: Path) -> None:
+    """One panel per metric: mean value against zoom scale (log axis), one line per method."""
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for method in dict.fromkeys(r.method for r in rows if r.metric == metric):
+            points = sorted((r.scale, r.mean) for r in rows if r.metric == metric and r.method == method)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("zoom")
+        ax.set_title(f"{metric} ({'higher' if higher_is_better.get(metric, True) else 'lower'} is better)", fontsize=9)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,111 @@
+"""Prompt sources for the CoZ chain: none, a fixed text, the base VLM, the VLM with a GRPO adapter.
+
+The VLM gets exactly the message it was trained on (`coz_train.data.prompts.zoom_prompt`: the
+paper's system text, [previous state, zoomed image] in the user turn) and writes at most
+`eval.max_new_tokens` tokens, greedy by default. One model serves both `vlm` and `vlm+adapter`:
+the adapter is attached once and switched off for the base prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from coz_train.data.prompts import zoom_prompt
+from coz_train.hub import resolve_model
+from coz_train.policy import load_processor, load_vlm
+
+log = logging.getLogger(__name__)
+
+PROMPT_SOURCES = ("null", "user", "vlm", "vlm+adapter")
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def check_adapter(path: str | None) -> Path:
+    if not path:
+        raise AdapterError("prompt source 'vlm+adapter' needs eval.adapter=<training run>/adapter.")
+    folder = Path(path).expanduser()
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise AdapterError(f"eval.adapter='{path}' is not a PEFT adapter folder (no adapter_config.json).")
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"eval.adapter='{path}': adapter_config.json is not valid JSON ({err}).") from None
+    if not any((folder / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise AdapterError(f"eval.adapter='{path}' has no adapter weights (adapter_model.safetensors).")
+    return folder
+
+
+class VLMPrompter:
+    def __init__(self, policy_cfg: Any, adapter: str | None, device: torch.device, max_new_tokens: int,
+                 do_sample: bool, batch_size: int):
+        path = resolve_model(policy_cfg.name_or_path, "policy.name_or_path", policy_cfg.revision)
+        self.processor = load_processor(path, policy_cfg)
+        self.processor.tokenizer.padding_side = "left"
+        model = load_vlm(path, policy_cfg)
+        if adapter:
+            model = self._attach(model, check_adapter(adapter), policy_cfg.name_or_path)
+        self.model = model.to(device).eval()
+        self.device, self.has_adapter = device, bool(adapter)
+        self.max_new_tokens, self.do_sample, self.batch_size = max_new_tokens, do_sample, batch_size
+
+    @staticmethod
+    def _attach(model: Any, folder: Path, base_name: str) -> Any:
+        from peft import PeftModel
+
+        try:
+            return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise AdapterError(
+                f"eval.adapter='{folder}' does not fit the policy {base_name} ({type(err).__name__}: {first}). "
+                "Use the adapter of a run trained on this base model (policy=... must match the training run)."
+            ) from None
+
+    @torch.no_grad()
+    def _generate(self, pairs: list[list[Image.Image]]) -> list[str]:
+        conversations = []
+        for images in pairs:
+            messages = zoom_prompt(single_image=len(images) == 1)
+            parts = [{"type": "image", "image": image} for image in images]
+            conversations.append([messages[0], {"role": "user", "content": parts}])
+        inputs = self.processor.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
+        ).to(self.device)
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample)
+        texts = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def prompts(self, pairs: list[list[Image.Image]], use_adapter: bool) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            if self.has_adapter and not use_adapter:
+                with self.model.disable_adapter():
+                    out += self._generate(batch)
+            else:
+                out += self._generate(batch)
+        return out
+
+
+def prompt_source(name: str, prompter: VLMPrompter | None, user_prompt: str | None):
+    """A callable [[previous, zoomed], ...] -> prompts for the named source."""
+    if name == "null":
+        return lambda pairs: [""] * len(pairs)
+    if name == "user":
+        if not user_prompt:
+            raise ValueError("prompt source 'user' needs eval.user_prompt='<text>'.")
+        return lambda pairs: [user_prompt] * len(pairs)
+    if name in ("vlm", "vlm+adapter"):
+        assert prompter is not None
+        return lambda pairs: prompter.prompts(pairs, use_adapter=name == "vlm+adapter")
+    raise ValueError(f"eval.prompt_sources: '{name}' is not one of {PROMPT_SOURCES}.")
