@@ -18,9 +18,15 @@ from coz_train.rewards.text import completion_text
 
 log = logging.getLogger(__name__)
 
+LOG_HISTORY = "log_history.jsonl"
+
 
 class RewardProgressCallback(ProgressCallback):
-    """The usual step/ETA progress bar with the latest total and per-reward means as postfix."""
+    """The usual step/ETA progress bar with the latest total and per-reward means as postfix.
+
+    Every log entry is also appended to `<output_dir>/log_history.jsonl` (rank zero), which
+    `python -m coz_train.eval.report` turns into reward curves.
+    """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs:
@@ -29,7 +35,10 @@ class RewardProgressCallback(ProgressCallback):
             self.training_bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if isinstance(v, (int, float))}, refresh=False)
         # keep the bar clean: metrics go to the log file and wandb, not through tqdm.write
         if state.is_world_process_zero and logs:
-            log.info("step %d: %s", state.global_step, json.dumps({k: _round(v) for k, v in logs.items()}))
+            entry = {"step": state.global_step, **{k: _round(v) for k, v in logs.items()}}
+            log.info("step %d: %s", state.global_step, json.dumps(entry))
+            with (Path(args.output_dir) / LOG_HISTORY).open("a") as f:
+                f.write(json.dumps(entry) + "\n")
 
 
 def _round(value: Any) -> Any:

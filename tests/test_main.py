@@ -24,6 +24,7 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert list((run / "wandb").glob("offline-run-*")), "no wandb offline run"
     assert list((run / "wandb").glob("offline-run-*/files/media/images/samples/pairs_*.png")), "no sample images"
     assert (run / "samples.jsonl").read_text().strip()
+    assert len((run / "log_history.jsonl").read_text().splitlines()) >= 20
     assert f"LoRA adapter: {adapter}" in output
 
 
