@@ -55,9 +55,10 @@ def reward_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
         steps = [p[0] for p in points]
         means = [p[1] for p in points]
         ax.plot(steps, means, lw=1.2)
-        if all(p[2] is not None for p in points):
-            ax.fill_between(steps, [m - p[2] for m, p in zip(means, points)], [m + p[2] for m, p in zip(means, points)],
-                            alpha=0.2)
+        stds = [p[2] for p in points]
+        if all(s is not None for s in stds):
+            ax.fill_between(steps, [m - s for m, s in zip(means, stds, strict=True)],
+                            [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
     fig.tight_layout()

@@ -1,0 +1,89 @@
+"""The evaluation command end to end: outputs, tables, determinism, bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from PIL import Image
+
+from coz_train.eval.run import check_eval_config, evaluate, method_labels
+from coz_train.hub import resolve_model
+from coz_train.policy import load_vlm
+
+
+@pytest.fixture(scope="module")
+def adapter(compose_cfg, tmp_path_factory):
+    policy = compose_cfg(["+experiment=smoke_eval"], tmp_path_factory.mktemp("run")).policy
+    model = load_vlm(resolve_model(policy.name_or_path, "policy.name_or_path"), policy)
+    folder = tmp_path_factory.mktemp("adapter")
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=policy.lora.target_modules, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+def test_method_labels_and_config_checks(make_config, adapter):
+    cfg = make_config("+experiment=smoke_eval", "eval.user_prompt=fur", f"eval.adapter={adapter}",
+                      "eval.prompt_sources=[null,vlm,vlm+adapter]")
+    assert method_labels(cfg.eval) == [
+        "nearest", "bicubic", "onestep", "recursive_multiscale-null", "recursive_multiscale-vlm",
+        "recursive_multiscale-vlm+adapter", "recursive_multiscale-user",
+    ]
+    check_eval_config(cfg)
+    for override, message in [
+        ("eval.methods=[bilinear]", "eval.methods"),
+        ("eval.prompt_sources=[dape]", "eval.prompt_sources"),
+        ("eval.adapter=/nonexistent", "eval.adapter"),
+        ("eval.colorfix=sepia", "eval.colorfix"),
+        ("eval.backbone.name=swinir", "eval.backbone.name"),
+        ("eval.steps=5", "eval.steps"),
+    ]:
+        bad = make_config("+experiment=smoke_eval", f"eval.adapter={adapter}", "eval.prompt_sources=[null,vlm+adapter]", override)
+        with pytest.raises((ValueError, FileNotFoundError), match=message.replace(".", r"\.")):
+            check_eval_config(bad)
+
+
+@pytest.mark.slow
+def test_smoke_eval_end_to_end(tmp_path, adapter):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "coz_train.eval", "+experiment=smoke_eval", f"eval.adapter={adapter}",
+         "eval.prompt_sources=[null,vlm,vlm+adapter]", f"hydra.run.dir={run}"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    methods = ["nearest", "bicubic", "onestep", "recursive_multiscale-null", "recursive_multiscale-vlm",
+               "recursive_multiscale-vlm+adapter"]
+    for image in ("astronaut", "coffee"):
+        for method in methods:
+            folder = run / "per-sample" / image / method
+            assert [Image.open(folder / f"{k}.png").size for k in range(4)] == [(128, 128)] * 4
+            prompts = json.loads((folder / "prompts.json").read_text())
+            assert set(prompts) == {"1", "2", "3"}
+            if method == "recursive_multiscale-null":
+                assert set(prompts.values()) == {""}
+        assert (run / "per-sample" / image / "chains.png").is_file()
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert list(rows[0]) == ["method", "scale", "metric", "mean", "std", "n"]
+    keys = {(r["method"], r["scale"], r["metric"]) for r in rows}
+    for method in methods:
+        for scale in ("4", "16", "64"):
+            assert (method, scale, "niqe") in keys and (method, scale, "piqe") in keys
+    assert not any(r["metric"] == "musiq" for r in rows)  # no weights offline: never a number
+    md = (run / "results.md").read_text()
+    assert "## niqe (lower is better)" in md and "- musiq:" in md
+    assert (run / "metrics.png").is_file()
+
+
+def test_same_config_and_seed_give_the_same_numbers_and_images(make_config, tmp_path):
+    overrides = ["+experiment=smoke_eval", "eval.max_images=1", "eval.metrics=[piqe]", "eval.figures=false",
+                 "eval.methods=[onestep,recursive_multiscale]"]
+    first = evaluate(make_config(*overrides))
+    second_cfg = make_config(*overrides)
+    second_cfg.output_dir = str(tmp_path / "second")
+    second = evaluate(second_cfg)
+    assert (first / "results.csv").read_bytes() == (second / "results.csv").read_bytes()
+    for png in (first / "per-sample").rglob("*.png"):
+        assert png.read_bytes() == (second / png.relative_to(first)).read_bytes(), png
