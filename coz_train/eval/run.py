@@ -185,5 +185,33 @@ def evaluate(cfg: DictConfig) -> Path:
     (out / "results.md").write_text(markdown(rows, higher, unavailable, labels, scales))
     if ev.figures:
         metric_plots(rows, higher, out / "metrics.png")
+    log_to_wandb(cfg, out, rows, unavailable)
     log.info("Results: %s", (out / "results.md").resolve())
     return out
+
+
+def log_to_wandb(cfg: DictConfig, out: Path, rows: list, unavailable: dict[str, str]) -> None:
+    """The results table, the metric plot and every sample's chain figure, when wandb is on."""
+    from coz_train.wandb_setup import configure_wandb
+
+    if configure_wandb(cfg) == ["none"]:
+        return
+    import wandb
+    from omegaconf import OmegaConf
+
+    name = cfg.logging.run_name or f"{cfg.experiment_name}-{out.name}"
+    run = wandb.init(project=cfg.logging.project, name=name, dir=str(out), job_type="eval",
+                     config=OmegaConf.to_container(cfg, resolve=True))
+    table = wandb.Table(columns=["method", "scale", "metric", "mean", "std", "n"])
+    for r in rows:
+        table.add_data(r.method, r.scale, r.metric, r.mean, r.std, r.n)
+    payload: dict[str, Any] = {"results": table}
+    if unavailable:
+        payload["unavailable_metrics"] = wandb.Table(columns=["metric", "reason"], data=[list(i) for i in unavailable.items()])
+    if (out / "metrics.png").is_file():
+        payload["metrics_vs_scale"] = wandb.Image(str(out / "metrics.png"))
+    figures = sorted((out / "per-sample").glob("*/chains.png"))
+    if figures:
+        payload["chains"] = [wandb.Image(str(f), caption=f.parent.name) for f in figures]
+    run.log(payload)
+    run.finish()
