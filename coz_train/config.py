@@ -112,12 +112,20 @@ class BackboneSection:
     name: str = "realesrgan_x4plus"  # realesrgan_x4plus | osediff_sd3 | bicubic | nearest
     tile: int = 0  # realesrgan: tile size in LR pixels (0 = whole image)
     tile_pad: int = 16
-    sd3: str | None = None  # osediff_sd3: SD3 hub id or local folder
-    lora_dir: str | None = None  # osediff_sd3: folder with the OSEDiff LoRA files
+    sd3: str | None = None  # osediff_sd3: SD3 hub id or local diffusers folder
+    lora_dir: str | None = None  # osediff_sd3: folder with the OSEDiff LoRA files (or an official ckpt/)
     transformer_lora: str = "model_20001.pkl"
     vae_lora: str = "vae_encoder_20001.pt"
-    dtype: str = "auto"
+    dtype: str = "float32"  # osediff_sd3: transformer (and text encoders unless text_dtype is set)
+    text_dtype: str | None = None
+    vae_dtype: str = "float32"
     vae_tiling: bool = True
+    t5: bool = True  # false: zeros instead of T5, as diffusers allows
+    clip_max_length: int = 77
+    t5_max_length: int = 512  # official CoZ value (diffusers' SD3 pipeline uses 256)
+    latent: str = "sample"  # sample (official) | mode
+    seed: int = 42  # the VAE latent sample's noise
+    encode_shift: bool = False  # official test code does not subtract the VAE shift factor
 
 
 @dataclass
@@ -129,7 +137,8 @@ class EvalConfig:
     scale: int = 4
     steps: int = 4  # 4x, 16x, 64x, 256x
     methods: list[str] = field(default_factory=lambda: ["nearest", "bicubic", "onestep", "recursive_multiscale"])
-    prompt_sources: list[str] = field(default_factory=lambda: ["null", "vlm"])  # null | vlm | vlm+adapter | user
+    # null | vlm | vlm+adapter | user; a bare `null` on the command line arrives as None and means "null"
+    prompt_sources: list[str | None] = field(default_factory=lambda: ["null", "vlm"])
     user_prompt: str | None = None
     adapter: str | None = None  # a training run's adapter folder, for the vlm+adapter source
     max_new_tokens: int = 32

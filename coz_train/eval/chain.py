@@ -3,8 +3,9 @@
 Geometry (P = process_size, s = scale): the start state is the input resized to short side P and
 centre-cropped (`coz_train.data.zoom.start_state`). For step k = 1..N:
 - `nearest` / `bicubic`: the centre P/s^k crop of the start, resized to P.
-- `onestep`: the centre P/s^k crop of the start, bicubic-resized to the backbone's input size P/s,
-  through the backbone once (the official one-step baseline: direct SR at the full zoom).
+- `onestep`: the centre P/s^k crop of the start through the backbone once, asking for a P x P
+  output (the official one-step baseline: direct SR at the full zoom; the backbone brings the crop
+  to its input size its own way, see `backbones.base`).
 - `recursive_multiscale` (CoZ): the centre P/s crop of state k-1 is the backbone's input; its
   bicubic upscale to P is the "zoomed" image; the prompt source sees [state k-1, zoomed] and
   writes the prompt; the backbone turns the crop and prompt into state k (P x P), optionally
@@ -72,13 +73,12 @@ def onestep_chains(
     starts: list[Image.Image], backbone: SRBackbone, scale: int, steps: int, prompt: str = "", batch_size: int = 4
 ) -> list[Chain]:
     size = starts[0].width
-    lr_side = _backbone_input_side(backbone, size)
     chains = [Chain("onestep", [start]) for start in starts]
     for k in range(1, steps + 1):
-        lrs = [centre_crop(start, size // scale**k).resize((lr_side, lr_side), Image.BICUBIC) for start in starts]
+        crops = [centre_crop(start, size // scale**k) for start in starts]
         outputs: list[Image.Image] = []
-        for batch in _batched(lrs, batch_size):
-            outputs += backbone.upscale(list(batch), [prompt] * len(batch))
+        for batch in _batched(crops, batch_size):
+            outputs += backbone.upscale(list(batch), [prompt] * len(batch), size=size)
         for chain, out in zip(chains, outputs, strict=True):
             chain.states.append(out)
             chain.prompts.append(prompt)

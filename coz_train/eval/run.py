@@ -40,12 +40,17 @@ from coz_train.eval.tables import Results, markdown, write_csv
 log = logging.getLogger(__name__)
 
 
+def prompt_sources(ev: DictConfig) -> list[str]:
+    """eval.prompt_sources with a bare YAML/CLI `null` read as the "null" source, plus `user` when a prompt is set."""
+    sources = ["null" if s is None else s for s in ev.prompt_sources]
+    return sources + (["user"] if ev.user_prompt and "user" not in sources else [])
+
+
 def method_labels(ev: DictConfig) -> list[str]:
     labels = []
     for method in ev.methods:
         if method == "recursive_multiscale":
-            sources = list(ev.prompt_sources) + (["user"] if ev.user_prompt and "user" not in ev.prompt_sources else [])
-            labels += [f"recursive_multiscale-{source}" for source in sources]
+            labels += [f"recursive_multiscale-{source}" for source in prompt_sources(ev)]
         else:
             labels.append(method)
     return labels
@@ -56,12 +61,13 @@ def check_eval_config(cfg: DictConfig) -> None:
     unknown = [m for m in ev.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"eval.methods: {unknown} not among {list(METHODS)}.")
-    bad_sources = [s for s in ev.prompt_sources if s not in PROMPT_SOURCES]
+    sources = prompt_sources(ev)
+    bad_sources = [s for s in sources if s not in PROMPT_SOURCES]
     if bad_sources:
         raise ValueError(f"eval.prompt_sources: {bad_sources} not among {list(PROMPT_SOURCES)}.")
-    if "recursive_multiscale" in ev.methods and "vlm+adapter" in ev.prompt_sources:
+    if "recursive_multiscale" in ev.methods and "vlm+adapter" in sources:
         check_adapter(ev.adapter)
-    if "user" in ev.prompt_sources and not ev.user_prompt:
+    if "user" in sources and not ev.user_prompt:
         raise ValueError("eval.prompt_sources has 'user' but eval.user_prompt is empty.")
     if ev.colorfix not in COLORFIXES:
         raise ValueError(f"eval.colorfix='{ev.colorfix}' is not one of {COLORFIXES}.")
@@ -151,12 +157,12 @@ def evaluate(cfg: DictConfig) -> Path:
         log.warning("Metric %s unavailable: %s", name, reason)
 
     images = eval_images(ev)
-    needs_vlm = "recursive_multiscale" in ev.methods and any(s.startswith("vlm") for s in ev.prompt_sources)
+    needs_vlm = "recursive_multiscale" in ev.methods and any(s.startswith("vlm") for s in prompt_sources(ev))
     needs_backbone = any(m in ev.methods for m in ("onestep", "recursive_multiscale"))
     backbone = load_backbone(ev.backbone.name, ev.backbone, device) if needs_backbone else None
     prompter = None
     if needs_vlm:
-        adapter = ev.adapter if "vlm+adapter" in ev.prompt_sources else None
+        adapter = ev.adapter if "vlm+adapter" in prompt_sources(ev) else None
         prompter = VLMPrompter(cfg.policy, adapter, device, ev.max_new_tokens, ev.do_sample, ev.batch_size)
 
     results = Results()

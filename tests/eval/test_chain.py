@@ -39,8 +39,16 @@ def test_resample_chain_crops_the_centre_of_the_start(start):
 def test_onestep_runs_the_backbone_once_on_the_zoomed_crop(start):
     backbone = load_backbone("bicubic", {}, None)
     [chain] = onestep_chains([start], backbone, 4, 3)
-    crop = centre_crop(start, 8).resize((32, 32), Image.BICUBIC)  # 16x: an 8 px crop brought to the 32 px input
-    assert same(chain.states[2], crop.resize((128, 128), Image.BICUBIC))
+    assert same(chain.states[2], centre_crop(start, 8).resize((128, 128), Image.BICUBIC))  # 16x: the 8 px centre
+    assert all(s.size == (128, 128) for s in chain.states)
+
+
+def test_fixed_input_backbones_get_the_crop_resized_to_their_input():
+    from coz_train.eval.backbones.base import fit_input
+
+    crop = Image.new("RGB", (8, 8), (1, 2, 3))
+    assert [im.size for im in fit_input([crop], 128, 4)] == [(32, 32)]
+    assert fit_input([crop], None, 4)[0] is crop
 
 
 def test_recursive_chain_feeds_previous_state_and_zoomed_crop(start):

@@ -2,8 +2,12 @@
 
 A backbone is registered by name (`@register_backbone("name")`) with a builder taking the
 `eval.backbone` config section and a torch device. `upscale` takes images of one size and
-returns images `scale` times larger; `uses_prompt` says whether the text changes the output
-(prompt-agnostic backbones still receive the prompts, so a chain can run with any backbone).
+returns images `scale` times larger, or `size` x `size` when `size` is given: the one-step
+baseline hands over a small crop and asks for the full output size, and each backbone brings the
+crop to its own input the way its method does (OSEDiff upsamples bicubically straight to the
+output size; a feed-forward 4x network gets the crop bicubic-resized to size / scale).
+`uses_prompt` says whether the text changes the output (prompt-agnostic backbones still receive
+the prompts, so a chain can run with any backbone).
 """
 
 from __future__ import annotations
@@ -20,9 +24,19 @@ class SRBackbone(Protocol):
     scale: int
     uses_prompt: bool
 
-    def upscale(self, images: list[Image.Image], prompts: list[str]) -> list[Image.Image]:
-        """[N] images of size (w, h) and their prompts -> [N] images of size (scale*w, scale*h)."""
+    def upscale(self, images: list[Image.Image], prompts: list[str], size: int | None = None) -> list[Image.Image]:
+        """[N] images of size (w, h) and their prompts -> [N] images of (scale*w, scale*h), or (size, size)."""
         ...
+
+
+def fit_input(images: list[Image.Image], size: int | None, scale: int) -> list[Image.Image]:
+    """Bicubic-resize square inputs to size / scale, for backbones with a fixed 4x input -> output."""
+    if size is None:
+        return images
+    if size % scale:
+        raise ValueError(f"output size {size} is not a multiple of the backbone's scale {scale}.")
+    side = size // scale
+    return [im if im.size == (side, side) else im.resize((side, side), Image.BICUBIC) for im in images]
 
 
 BackboneBuilder = Callable[[Any, torch.device], SRBackbone]

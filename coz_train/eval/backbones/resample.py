@@ -17,8 +17,9 @@ class Resampler:
     def __init__(self, name: str, mode: int):
         self.name, self.mode = name, mode
 
-    def upscale(self, images: list[Image.Image], prompts: list[str]) -> list[Image.Image]:
-        return [im.resize((im.width * self.scale, im.height * self.scale), self.mode) for im in images]
+    def upscale(self, images: list[Image.Image], prompts: list[str], size: int | None = None) -> list[Image.Image]:
+        return [im.resize((size, size) if size else (im.width * self.scale, im.height * self.scale), self.mode)
+                for im in images]
 
 
 @register_backbone("bicubic")
