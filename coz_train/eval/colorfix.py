@@ -29,8 +29,9 @@ def _to_image(tensor: torch.Tensor) -> Image.Image:
 
 def adain(output: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """[1, 3, H, W] -> same, with each channel's mean/std taken from `reference`."""
-    o_mean, o_std = output.mean(dim=(2, 3), keepdim=True), output.std(dim=(2, 3), keepdim=True) + eps
-    r_mean, r_std = reference.mean(dim=(2, 3), keepdim=True), reference.std(dim=(2, 3), keepdim=True) + eps
+    # std as sqrt(unbiased variance + eps), as the official colour fix
+    o_mean, o_std = output.mean(dim=(2, 3), keepdim=True), (output.var(dim=(2, 3), keepdim=True) + eps).sqrt()
+    r_mean, r_std = reference.mean(dim=(2, 3), keepdim=True), (reference.var(dim=(2, 3), keepdim=True) + eps).sqrt()
     return (output - o_mean) / o_std * r_std + r_mean
 
 
