@@ -2,7 +2,8 @@
 
 `results.md` has one table per metric, methods as rows and zoom scales as columns, with the best
 value per scale in bold (lower is better for NIQE, PIQE and BRISQUE; higher for the rest).
-Metrics that could not be computed are listed once with the reason, never shown as numbers.
+Metrics that could not be computed are listed once with the reason, never shown as numbers; a
+score that is undefined for one image (NaN) is left out of that cell's mean and its n.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ class Results:
 
     def rows(self) -> list[Row]:
         rows = []
-        for (method, scale, metric), values in self.values.items():
+        for (method, scale, metric), all_values in self.values.items():
+            values = [v for v in all_values if not math.isnan(v)]  # undefined scores (NIQE of a flat image)
+            if not values:
+                continue
             data = np.asarray(values, dtype=np.float64)  # an inf (PSNR of identical images) stays inf
             std = float(data.std()) if np.isfinite(data).all() else 0.0
             rows.append(Row(method, scale, metric, float(data.mean()), std, len(values)))

@@ -11,9 +11,12 @@ def test_rows_csv_and_markdown_for_known_values(tmp_path):
     results.add("bicubic", 16, "niqe", 9.0)
     results.add("coz", 16, "niqe", 7.0)
     results.add("coz", 4, "psnr", math.inf)  # identical images
+    results.add("coz", 16, "niqe", math.nan)  # undefined for one image: not in the mean, not in n
+    results.add("coz", 16, "psnr", math.nan)  # never defined: no row
     rows = {(r.method, r.scale, r.metric): r for r in results.rows()}
     assert (rows[("bicubic", 4, "niqe")].mean, rows[("bicubic", 4, "niqe")].std, rows[("bicubic", 4, "niqe")].n) == (2.0, 1.0, 2)
     assert rows[("coz", 4, "psnr")].mean == math.inf
+    assert rows[("coz", 16, "niqe")].n == 1 and ("coz", 16, "psnr") not in rows
 
     path = tmp_path / "results.csv"
     write_csv(list(rows.values()), path)
