@@ -19,7 +19,7 @@ def test_experiments_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes(make_config, name):
-    cfg = make_config(f"+experiment={name}", "data.image_dir=/data/images")
+    cfg = make_config(f"+experiment={name}", "data.image_dir=/data/images", "eval.image_dir=/data/eval")
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert cfg.experiment_name == name
 

@@ -1,7 +1,8 @@
 """Evaluation: every method's zoom chain on every eval image, metrics per method and scale.
 
     python -m coz_train.eval +experiment=smoke_eval
-    python -m coz_train.eval +experiment=eval_qwen eval.image_dir=/data/DIV2K_train_HR eval.adapter=<run>/adapter
+    python -m coz_train.eval +experiment=eval_qwen eval.image_dir=/data/DIV2K_train_HR \
+        eval.backbone.lora_dir=/models/osediff_sd3 eval.adapter=<run>/adapter
 
 Writes into the run folder: `per-sample/<image>/<method>/<k>.png` (k = 0 is the input) with
 `prompts.json`, `per-sample/<image>/chains.png`, `results.csv`, `results.md`, `metrics.png`.
@@ -76,6 +77,8 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_geometry(ev.process_size, ev.scale, ev.steps)
     if ev.image_dir and not Path(ev.image_dir).expanduser().is_dir():
         raise FileNotFoundError(f"eval.image_dir='{ev.image_dir}' is not a folder of images.")
+    if not ev.image_dir and not ev.shipped_images:
+        raise ValueError("No eval images: set eval.image_dir=<folder> (DIV2K / DIV8K train in the paper).")
 
 
 def eval_images(ev: DictConfig) -> list[tuple[str, Any]]:

@@ -87,3 +87,21 @@ def test_same_config_and_seed_give_the_same_numbers_and_images(make_config, tmp_
     assert (first / "results.csv").read_bytes() == (second / "results.csv").read_bytes()
     for png in (first / "per-sample").rglob("*.png"):
         assert png.read_bytes() == (second / png.relative_to(first)).read_bytes(), png
+
+
+def test_unreadable_eval_images_are_skipped_and_counted(make_config, tmp_path, caplog):
+    folder = tmp_path / "eval_images"
+    (folder / "set").mkdir(parents=True)
+    Image.new("RGB", (160, 140), (90, 120, 30)).save(folder / "set" / "good.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(folder / "tiny.png")
+    cfg = make_config("+experiment=smoke_eval", f"eval.image_dir={folder}", "eval.methods=[bicubic]",
+                      "eval.metrics=[psnr,piqe]", "eval.small_images=skip", "eval.figures=false")
+    out = evaluate(cfg)
+    assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["set_good"]
+    assert "Skipped 2 eval images" in caplog.text and "unreadable" in caplog.text and "too small" in caplog.text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.png").write_bytes(b"nope")
+    with pytest.raises(Exception, match="No usable eval image"):
+        evaluate(make_config("+experiment=smoke_eval", f"eval.image_dir={empty}", "eval.methods=[bicubic]"))
