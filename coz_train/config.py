@@ -95,6 +95,35 @@ class CriticConfig:
     max_pixels: int | None = None
     trust_remote_code: bool = False
     instruction: str = MISSING
+    # backend=server: an OpenAI-compatible chat-completions endpoint (python -m coz_train.critic_server, vLLM, SGLang)
+    url: str | None = None  # e.g. http://127.0.0.1:8000
+    served_model: str | None = None  # the "model" field of requests; default: name_or_path
+    timeout_s: float = 120.0
+    retries: int = 3  # attempts after the first, with exponential backoff
+    concurrency: int = 8  # requests in flight from one rank
+    token_env: str = "COZ_CRITIC_TOKEN"  # the environment variable holding the shared token, if any
+
+
+@dataclass
+class ServerConfig:
+    """The critic server (python -m coz_train.critic_server)."""
+
+    host: str = "127.0.0.1"  # loopback by default; any other address requires a token
+    port: int = 8000
+    token_env: str = "COZ_CRITIC_TOKEN"  # shared secret read from this environment variable
+    max_request_mb: float = 32.0  # larger request bodies are refused (413)
+    max_images: int = 8  # per request
+    max_batch: int = 16  # requests scored together
+    batch_wait_ms: int = 20  # how long the server waits to fill a batch
+
+
+@dataclass
+class RewardFailureConfig:
+    """What a failing reward (critic out of memory, server down, non-finite score) does to a step."""
+
+    retries: int = 2  # attempts after the first, per reward call
+    backoff_s: float = 2.0
+    on_failure: str = "stop"  # stop: the run stops with the error | skip: the step gets no reward (no update), logged
 
 
 @dataclass
@@ -206,6 +235,8 @@ class CozTrainConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     # name -> {weight: float, ...params}; names must be registered in coz_train.rewards
     rewards: dict[str, Any] = field(default_factory=dict)
+    reward_failure: RewardFailureConfig = field(default_factory=RewardFailureConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
