@@ -16,10 +16,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.callbacks import RewardProgressCallback, SampleLogger
+from coz_train.checkpoints import CompleteMarkerCallback, latest_complete
 from coz_train.config import GRPOSection
 from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.hub import resolve_model
 from coz_train.policy import load_processor, load_vlm, lora_config
+from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from coz_train.rewards import active_rewards, build_rewards
 from coz_train.wandb_setup import configure_wandb
 
@@ -41,14 +43,12 @@ def grpo_args(cfg: DictConfig, reward_weights: list[float], report_to: list[str]
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
     if cfg.resume == "none":
         return None
     if cfg.resume == "auto":
-        found = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
-        log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
-        return found
+        found = latest_complete(cfg.output_dir)
+        log.info("resume=auto: %s", found or "no complete checkpoint found, starting fresh")
+        return str(found) if found else None
     if not Path(cfg.resume).is_dir():
         raise FileNotFoundError(f"resume='{cfg.resume}' is not a checkpoint folder (use resume=auto|none|<checkpoint-N path>).")
     return cfg.resume
@@ -90,7 +90,7 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[samples],
+        callbacks=[samples, CompleteMarkerCallback(), PreemptionCallback()],
     )
     samples.trainer = trainer
     trainer.remove_callback(ProgressCallback)
@@ -103,10 +103,17 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
 
 
 def train(cfg: DictConfig) -> Path:
-    """Train and save the final adapter to `<output_dir>/adapter`; return that folder."""
+    """Train and save the final adapter to `<output_dir>/adapter`; return that folder.
+
+    On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE.
+    """
     trainer, resume = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=resume)
     run_dir = Path(cfg.output_dir)
+    preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PreemptionCallback))
+    if preemption.preempted:
+        log.warning("Preempted: checkpoint-%d saved in %s; resume with resume=auto", preemption.stopped_at, run_dir)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
     adapter_dir = run_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     if trainer.is_world_process_zero():
