@@ -9,6 +9,8 @@ names (built from TRL's dataclass, so a field TRL adds is reachable without a ch
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 CONF_DIR_NAME = "conf"
 
@@ -242,5 +244,45 @@ class CozTrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def run_stamp() -> str:
+    """The run folder's time stamp, the same on every rank of one launch.
+
+    Each rank composes its own config, and `${now:}` could differ between them by a second. Ranks
+    started by one launcher (torchrun, accelerate launch) share it as their parent, so its start
+    time names the run. COZ_RUN_STAMP overrides; multi-node jobs set hydra.run.dir explicitly.
+    """
+    stamp = os.environ.get("COZ_RUN_STAMP")
+    if stamp:
+        return stamp
+    started = time.time()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        try:
+            ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+            started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(started))
+    os.environ["COZ_RUN_STAMP"] = stamp  # stable for the rest of this process
+    return stamp
+
+
+def rank_zero_only(value: Any, other: Any = None) -> Any:
+    """`value` on rank 0, `other` elsewhere: only rank 0 writes the run's log file and .hydra/ folder."""
+    return value if _rank() == 0 else other
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="coz_train_schema", node=CozTrainConfig)
+    resolvers = {
+        "coz_run_stamp": run_stamp,
+        "coz_rank0": rank_zero_only,
+        "coz_rank0_log": lambda path: rank_zero_only(path, os.devnull),
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

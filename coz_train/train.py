@@ -10,9 +10,11 @@ reward names and parameters, and whether the policy and critic can be had at all
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.callbacks import RewardProgressCallback, SampleLogger
@@ -39,6 +41,10 @@ def grpo_args(cfg: DictConfig, reward_weights: list[float], report_to: list[str]
     kwargs = {k: v for k, v in values.items() if v != getattr(defaults, k)}
     run_name = cfg.logging.run_name or f"{cfg.experiment_name}-{Path(cfg.output_dir).name}"
     kwargs.update(output_dir=cfg.output_dir, reward_weights=reward_weights, report_to=report_to, run_name=run_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not kwargs.get("use_cpu"):
+        # several CPU processes (gloo): without use_cpu the Trainer would not see the process group
+        log.info("No GPU and %s processes: grpo.use_cpu=true (DDP over gloo)", os.environ["WORLD_SIZE"])
+        kwargs["use_cpu"] = True
     return GRPOConfig(**kwargs)
 
 
@@ -56,7 +62,6 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     """Everything up to `trainer.train()`: returns the GRPOTrainer and the checkpoint to resume from."""
-    import torch
     from transformers import set_seed
 
     if cfg.cpu_threads:

@@ -183,7 +183,12 @@ def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
             "Check data.image_dir / data.dataset, or use data.small_images=upscale for small images."
         )
     ds.save_to_disk(str(tmp / "final"))
-    (tmp / "final").rename(target)  # atomic publish: a crashed build is never loaded
+    try:
+        (tmp / "final").rename(target)  # atomic publish: a crashed build is never loaded
+    except OSError:
+        if not (target / "dataset_info.json").is_file():
+            raise
+        # another process (a second rank) published the same samples first: use theirs
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("Zoom pairs: %d samples from %d images built into %s", len(ds), len(used), target)
     return datasets.load_from_disk(str(target))

@@ -18,15 +18,47 @@ Backends (`critic.backend`):
 - `internvl_remote`: InternVL2/2.5 checkpoints whose language model transformers does not
   implement (InternVL2.5-8B uses InternLM2.5), loaded with `trust_remote_code` and scored through
   the checkpoint's documented `chat` API with its 448-px tiling; `generate` mode only.
+- `server`: an OpenAI-compatible chat-completions endpoint at `critic.url` (nothing loads here,
+  `critic.name_or_path` need not exist locally). One request per candidate, the images as PNG data
+  URLs and the same instruction text as `hf`; `critic.concurrency` requests in flight,
+  `critic.timeout_s` per request, `critic.retries` retries with exponential backoff on connection
+  errors, timeouts and 5xx (never on 4xx), then `CriticUnavailableError` (never a fake score).
+  `Authorization: Bearer $<critic.token_env>` is sent when that variable is set.
+  Which scoring mode works with which server:
+  - `python -m coz_train.critic_server` (this package): both modes; `logits` is exact, as
+    in-process (the server answers `top_logprobs` up to the whole vocabulary, -1 = all).
+  - vLLM / SGLang OpenAI servers: `generate` always. `logits` through `logprobs: true` +
+    `top_logprobs: K` (vLLM rejects `top_logprobs` without `logprobs: true`; K is capped by the
+    server's `--max-logprobs`, default 20, -1 = the vocabulary; a larger K is a 400 "Requested
+    sample logprobs of N, which is greater than max allowed"). vLLM's default `--logprobs-mode
+    raw_logprobs` reports log-probabilities of the raw logits (before temperature, penalties and
+    logits processors), which is what the in-process `logits` mode uses. The expectation is
+    taken over the score tokens "0".."score_max" found among the K returned tokens, renormalised;
+    it is exact only when all score_max + 1 of them are in the top K (K >= score_max + 1 is
+    necessary, not sufficient: K = 20 is the default here and vLLM's cap; a score token missing
+    from the top K has a probability below every returned token). No score token in the top K
+    gives None for that candidate. Serve two images per prompt (vLLM `--limit-mm-per-prompt
+    '{"image": 2}'`) and pass the server's `--api-key` through `critic.token_env`.
 
 The critic is frozen: eval mode, no gradients, on `critic.device`.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
 import math
+import os
 import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any
 
 import torch
@@ -51,6 +83,11 @@ def parse_score(answer: str, score_max: int) -> float | None:
     return value if 0.0 <= value <= score_max else None
 
 
+def instruction_text(cfg: Any, text: str) -> str:
+    """The critic's instruction for one candidate prompt (shared by every backend)."""
+    return cfg.instruction.format(prompt=text, score_max=cfg.score_max)
+
+
 def critic_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -63,8 +100,22 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+@dataclass
+class Generation:
+    """Greedy continuations of a batch: new token ids per row (up to and including the first EOS)."""
+
+    tokens: list[list[int]]
+    finished: list[bool]  # the row stopped at an end-of-sequence token
+    logits: list[torch.Tensor] | None  # per row [len(tokens), vocab] raw float32 logits (output_logits)
+    prompt_tokens: list[int]
+
+
 class HFCritic:
-    """A transformers image-text-to-text critic scoring batches of (images, prompt text)."""
+    """A transformers image-text-to-text critic scoring batches of (images, prompt text).
+
+    The pieces (`conversation`, `encode`, `next_token_logits`, `generate`) are shared with the critic
+    server (`coz_train.critic_server`), which runs the same code on conversations it receives.
+    """
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
@@ -89,28 +140,65 @@ class HFCritic:
         return torch.tensor(ids, device=self.device)
 
     def conversation(self, images: list, text: str) -> list[dict]:
-        instruction = self.cfg.instruction.format(prompt=text, score_max=self.cfg.score_max)
         parts = [{"type": "image", "image": image} for image in images]
-        return [{"role": "user", "content": [*parts, {"type": "text", "text": instruction}]}]
+        return [{"role": "user", "content": [*parts, {"type": "text", "text": instruction_text(self.cfg, text)}]}]
 
-    @torch.no_grad()
-    def score(self, images: list[list], texts: list[str]) -> list[float | None]:
-        inputs = self.processor.apply_chat_template(
-            [self.conversation(imgs, text) for imgs, text in zip(images, texts, strict=True)],
+    def encode(self, conversations: list[list[dict]]) -> Any:
+        return self.processor.apply_chat_template(
+            conversations,
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
             padding=True,
         ).to(self.device)
+
+    @torch.no_grad()
+    def next_token_logits(self, conversations: list[list[dict]]) -> torch.Tensor:
+        """Raw logits of the first answer token, [N, vocab] float32."""
+        return self.model(**self.encode(conversations)).logits[:, -1, :].float()
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.processor.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+    @torch.no_grad()
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int, output_logits: bool = False) -> Generation:
+        """Greedy decoding of a batch; rows are cut after their first end-of-sequence token."""
+        inputs = self.encode(conversations)
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                  return_dict_in_generate=True, output_logits=output_logits)
+        new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+        eos = self.eos_token_ids
+        tokens, finished = [], []
+        for row in new:
+            stop = next((i for i, t in enumerate(row) if t in eos), None)
+            tokens.append(row if stop is None else row[: stop + 1])
+            finished.append(stop is not None)
+        logits = None
+        if output_logits:
+            stacked = torch.stack(out.logits, dim=1).float()  # [N, steps, vocab]
+            logits = [stacked[i, : len(t)] for i, t in enumerate(tokens)]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        return Generation(tokens, finished, logits, prompt_tokens)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def score_conversations(self, conversations: list[list[dict]]) -> list[float | None]:
         if self.score_token_ids is not None:
-            logits = self.model(**inputs).logits[:, -1, :].float()  # [N, vocab]
+            logits = self.next_token_logits(conversations)  # [N, vocab]
             probs = torch.softmax(logits[:, self.score_token_ids], dim=-1)  # [N, score_max + 1]
             values = torch.arange(self.cfg.score_max + 1, device=self.device, dtype=probs.dtype)
             return (probs @ values).tolist()
-        out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
-        answers = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers = [self.decode(t) for t in self.generate(conversations, self.cfg.max_new_tokens).tokens]
         return [parse_score(answer, self.cfg.score_max) for answer in answers]
+
+    def score(self, images: list[list], texts: list[str]) -> list[float | None]:
+        return self.score_conversations([self.conversation(imgs, t) for imgs, t in zip(images, texts, strict=True)])
 
 
 class InternVLRemoteCritic:
@@ -154,7 +242,7 @@ class InternVLRemoteCritic:
             tiles = [self.tiles(image) for image in imgs]
             pixel_values = torch.cat(tiles).to(self.device, self.dtype)
             header = "".join(f"Image-{i + 1}: <image>\n" for i in range(len(imgs)))
-            question = header + self.cfg.instruction.format(prompt=text, score_max=self.cfg.score_max)
+            question = header + instruction_text(self.cfg, text)
             answer = self.model.chat(
                 self.tokenizer,
                 pixel_values,
@@ -166,7 +254,192 @@ class InternVLRemoteCritic:
         return scores
 
 
-BACKENDS = {"hf": HFCritic, "internvl_remote": InternVLRemoteCritic}
+class CriticUnavailableError(RuntimeError):
+    """The critic server could not be reached (or kept failing) after every retry."""
+
+
+class CriticRequestError(RuntimeError):
+    """The critic server refused a request (4xx) or answered something that is not a chat completion."""
+
+
+def png_data_url(image: Any) -> str:
+    """A PIL image (or an HxW[xC] uint8 array) as a lossless `data:image/png;base64,...` URL."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        import numpy as np
+
+        image = Image.fromarray(np.asarray(image))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def expected_score(top_logprobs: list[dict], score_max: int) -> float | None:
+    """E[score] over the score tokens "0".."score_max" among `top_logprobs`, renormalised; None if none is there."""
+    wanted = {str(v): v for v in range(score_max + 1)}
+    found: dict[int, float] = {}
+    for entry in top_logprobs:
+        value = wanted.get(entry.get("token")) if isinstance(entry, dict) else None
+        logprob = entry.get("logprob") if value is not None else None
+        if value is not None and value not in found and isinstance(logprob, (int, float)) and math.isfinite(logprob):
+            found[value] = float(logprob)
+    if not found:
+        return None
+    top = max(found.values())
+    weights = {v: math.exp(lp - top) for v, lp in found.items()}
+    return sum(v * w for v, w in weights.items()) / sum(weights.values())
+
+
+class _Retryable(Exception):
+    pass
+
+
+class ServerCritic:
+    """A critic behind an OpenAI-compatible chat-completions server (see the module docstring)."""
+
+    DEFAULT_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs (and OpenAI's maximum)
+
+    def __init__(self, cfg: DictConfig, device: Any = None, *, backoff_s: float = 1.0, top_logprobs: int | None = None):
+        if not cfg.url:
+            raise ValueError(
+                "critic.backend=server needs critic.url, the critic server's address "
+                "(e.g. critic.url=http://127.0.0.1:8000; start one with python -m coz_train.critic_server)."
+            )
+        url = str(cfg.url).rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"critic.url='{cfg.url}' must start with http:// or https://.")
+        self.base_url = url.removesuffix("/chat/completions").removesuffix("/v1")  # accept .../v1[/chat/completions]
+        self.url = self.base_url + "/v1/chat/completions"
+        self.cfg, self.backoff_s = cfg, backoff_s
+        self.model_name = cfg.served_model or cfg.name_or_path
+        if cfg.scoring == "logits" and cfg.score_max > 9:
+            log.warning("critic.scoring=logits over a server reads the scores 0..%d as single tokens; tokenizers "
+                        "that split numbers into digits (Qwen, InternLM) never produce the scores above 9.",
+                        cfg.score_max)
+        if top_logprobs is None:
+            top_logprobs = cfg.top_logprobs if "top_logprobs" in cfg else None
+        self.top_logprobs = max(self.DEFAULT_TOP_LOGPROBS, cfg.score_max + 1) if top_logprobs is None else top_logprobs
+        token = os.environ.get(cfg.token_env) if cfg.token_env else None
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # direct, never via a proxy
+        self._pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="critic-client")
+        self._lock = threading.Lock()
+        self.attempts = 0  # HTTP attempts made, retries included
+        self._probe()
+
+    def _probe(self) -> None:
+        """One quick GET /health: a warning (not an error) if the server is not up yet."""
+        request = urllib.request.Request(self.base_url + "/health", headers=self._headers)
+        try:
+            with self._opener.open(request, timeout=min(5.0, self.cfg.timeout_s)) as response:
+                body = response.read()
+            model = json.loads(body).get("model") if body.lstrip().startswith(b"{") else None  # vLLM: empty body
+            if model is not None and model != self.model_name:
+                log.warning("The critic server at %s serves '%s', but requests name '%s' (critic.served_model).",
+                            self.base_url, model, self.model_name)
+        except (OSError, HTTPException, ValueError) as err:
+            log.warning("The critic server at %s is not answering yet (%s); requests will retry.", self.base_url, err)
+
+    def payload(self, images: list, text: str) -> dict:
+        content = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images]
+        content.append({"type": "text", "text": instruction_text(self.cfg, text)})
+        body: dict[str, Any] = {"model": self.model_name, "messages": [{"role": "user", "content": content}],
+                                "temperature": 0}
+        if self.cfg.scoring == "logits":
+            body.update(max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
+        else:
+            body.update(max_tokens=self.cfg.max_new_tokens)
+        return body
+
+    def _post(self, data: bytes) -> dict:
+        request = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=self.cfg.timeout_s) as response:
+                body = response.read()
+        except urllib.error.HTTPError as err:
+            detail = _error_message(err)
+            if err.code >= 500:
+                raise _Retryable(f"HTTP {err.code}: {detail}") from None
+            raise CriticRequestError(f"The critic server at {self.url} refused the request: HTTP {err.code}: {detail}") from None
+        except (OSError, HTTPException) as err:  # refused, reset, timed out, closed mid-response
+            raise _Retryable(f"{type(err).__name__}: {getattr(err, 'reason', None) or err}") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise CriticRequestError(f"The critic server at {self.url} answered with something that is not JSON: "
+                                     f"{body[:200]!r}") from None
+
+    def request(self, body: dict) -> dict:
+        """POST one chat completion, retrying connection errors, timeouts and 5xx with exponential backoff."""
+        data = json.dumps(body).encode()
+        attempts, last = 1 + max(0, self.cfg.retries), None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(min(60.0, self.backoff_s * 2 ** (attempt - 1)))
+            with self._lock:
+                self.attempts += 1
+            try:
+                return self._post(data)
+            except _Retryable as err:
+                last = err
+                log.warning("Critic request to %s failed (attempt %d/%d): %s", self.url, attempt + 1, attempts, err)
+        raise CriticUnavailableError(
+            f"The critic server at {self.url} is unavailable: {attempts} attempts failed "
+            f"(critic.retries={self.cfg.retries}, critic.timeout_s={self.cfg.timeout_s}); last error: {last}"
+        )
+
+    def score_response(self, response: dict) -> float | None:
+        try:
+            choice = response["choices"][0]
+            if self.cfg.scoring == "generate":
+                return parse_score(choice["message"].get("content") or "", self.cfg.score_max)
+            logprobs = choice.get("logprobs")
+            if not logprobs or logprobs.get("content") is None:
+                raise CriticRequestError(
+                    f"The critic server at {self.url} returned no logprobs: it does not support them; "
+                    "use critic.scoring=generate.")
+            tokens = logprobs["content"]
+            return expected_score(tokens[0].get("top_logprobs") or [], self.cfg.score_max) if tokens else None
+        except (KeyError, IndexError, TypeError, AttributeError) as err:
+            raise CriticRequestError(f"The critic server at {self.url} answered an unexpected shape ({err!r}): "
+                                     f"{json.dumps(response)[:300]}") from None
+
+    def _score_one(self, images: list, text: str) -> float | None:
+        return self.score_response(self.request(self.payload(images, text)))
+
+    def score(self, images: list[list], texts: list[str]) -> list[float | None]:
+        futures = [self._pool.submit(self._score_one, imgs, text) for imgs, text in zip(images, texts, strict=True)]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:
+            if future in done and future.exception() is not None:
+                raise future.exception()
+        return [future.result() for future in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_message(err: urllib.error.HTTPError) -> str:
+    """The `error.message` of an OpenAI-style error body, else the start of the body."""
+    try:
+        raw = err.read()
+    except (OSError, HTTPException):
+        return err.reason or ""
+    try:
+        body = json.loads(raw)
+        error = body.get("error", body) if isinstance(body, dict) else body
+        message = error.get("message") if isinstance(error, dict) else error
+        return str(message if message is not None else body)[:500]
+    except ValueError:
+        return raw[:300].decode("utf-8", "replace") or str(err.reason)
+
+
+BACKENDS = {"hf": HFCritic, "internvl_remote": InternVLRemoteCritic, "server": ServerCritic}
 
 
 class CriticReward:
@@ -213,6 +486,10 @@ def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward
         raise ValueError(f"critic.backend='{critic.backend}' is not one of {sorted(BACKENDS)}.")
     if critic.scoring not in ("generate", "logits"):
         raise ValueError(f"critic.scoring='{critic.scoring}' must be 'generate' or 'logits'.")
-    backend = BACKENDS[critic.backend](critic, critic_device(critic.device))
-    log.info("Critic %s loaded (%s backend, %s scoring)", critic.name_or_path, critic.backend, critic.scoring)
+    if critic.backend == "server":
+        backend = ServerCritic(critic)
+        log.info("Critic %s at %s (%s scoring)", backend.model_name, backend.url, critic.scoring)
+    else:
+        backend = BACKENDS[critic.backend](critic, critic_device(critic.device))
+        log.info("Critic %s loaded (%s backend, %s scoring)", critic.name_or_path, critic.backend, critic.scoring)
     return CriticReward(backend, critic.score_max, critic.batch_size)
