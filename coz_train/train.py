@@ -25,6 +25,7 @@ from coz_train.hub import resolve_model
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from coz_train.rewards import active_rewards, build_rewards
+from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
 from coz_train.wandb_setup import configure_wandb
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     model = load_vlm(policy_path, cfg.policy)
     peft_config = lora_config(cfg.policy, model)
     reward_funcs, reward_weights = build_rewards(cfg)
+    guard = UpdateGuard(cfg.reward_failure.on_failure)
+    reward_funcs = guard_rewards(reward_funcs, guard, cfg.reward_failure.retries, cfg.reward_failure.backoff_s)
     report_to = configure_wandb(cfg)
     args = grpo_args(cfg, reward_weights, report_to)
 
@@ -95,7 +98,7 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[samples, CompleteMarkerCallback(), PreemptionCallback()],
+        callbacks=[samples, CompleteMarkerCallback(), PreemptionCallback(), UpdateGuardCallback(guard)],
     )
     samples.trainer = trainer
     trainer.remove_callback(ProgressCallback)

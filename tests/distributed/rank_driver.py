@@ -42,7 +42,7 @@ with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
 trainer, _ = build_trainer(cfg)
 trainer.train()
 torch.save(get_peft_model_state_dict(trainer.accelerator.unwrap_model(trainer.model)), out / f"adapter.rank{rank}.pt")
-critics = [f for f in trainer.reward_funcs if getattr(f, "__name__", "") == "critic"]
+critics = [getattr(f, "func", f) for f in trainer.reward_funcs if getattr(f, "__name__", "") == "critic"]
 critic_params = [p for f in critics for p in f.backend.model.parameters()]
 (out / f"world.rank{rank}.json").write_text(json.dumps({
     "world_size": trainer.args.world_size,
