@@ -103,6 +103,7 @@ class CriticConfig:
     timeout_s: float = 120.0
     retries: int = 3  # attempts after the first, with exponential backoff
     concurrency: int = 8  # requests in flight from one rank
+    top_logprobs: int | None = None  # logits mode over a server: K alternatives asked for (default max(20, score_max + 1))
     token_env: str = "COZ_CRITIC_TOKEN"  # the environment variable holding the shared token, if any
 
 

@@ -74,7 +74,11 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     check_data_config(cfg.data)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
     if any(name == "critic" for name, _, _ in rewards):
-        resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
+        if cfg.critic.backend == "server":
+            if not cfg.critic.url:
+                raise ValueError("critic.backend=server needs critic.url=http://<host>:<port> (see conf/critic/server.yaml).")
+        else:
+            resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
     resume = resume_checkpoint(cfg)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed)

@@ -30,5 +30,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
-        sys.argv.append("hydra.job.name=critic_server")  # the log file is critic_server.log, not train.log
+        sys.argv.insert(1, "hydra.job.name=critic_server")  # the log file is critic_server.log, not train.log
     main()

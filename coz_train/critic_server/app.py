@@ -345,7 +345,8 @@ class CriticServer:
         self._stats: dict[str, Any] = {"batches": 0, "requests": 0, "batch_sizes": []}
         self._token_text: dict[int, str] = {}
         self._batcher = threading.Thread(target=self._batch_loop, name="critic-batcher", daemon=True)
-        self._serving = threading.Thread(target=self.httpd.serve_forever, name="critic-http", daemon=True)
+        self._serving = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                         name="critic-http", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

@@ -25,20 +25,24 @@ Backends (`critic.backend`):
   errors, timeouts and 5xx (never on 4xx), then `CriticUnavailableError` (never a fake score).
   `Authorization: Bearer $<critic.token_env>` is sent when that variable is set.
   Which scoring mode works with which server:
-  - `python -m coz_train.critic_server` (this package): both modes; `logits` is exact, as
-    in-process (the server answers `top_logprobs` up to the whole vocabulary, -1 = all).
-  - vLLM / SGLang OpenAI servers: `generate` always. `logits` through `logprobs: true` +
-    `top_logprobs: K` (vLLM rejects `top_logprobs` without `logprobs: true`; K is capped by the
-    server's `--max-logprobs`, default 20, -1 = the vocabulary; a larger K is a 400 "Requested
-    sample logprobs of N, which is greater than max allowed"). vLLM's default `--logprobs-mode
-    raw_logprobs` reports log-probabilities of the raw logits (before temperature, penalties and
-    logits processors), which is what the in-process `logits` mode uses. The expectation is
-    taken over the score tokens "0".."score_max" found among the K returned tokens, renormalised;
-    it is exact only when all score_max + 1 of them are in the top K (K >= score_max + 1 is
-    necessary, not sufficient: K = 20 is the default here and vLLM's cap; a score token missing
-    from the top K has a probability below every returned token). No score token in the top K
-    gives None for that candidate. Serve two images per prompt (vLLM `--limit-mm-per-prompt
-    '{"image": 2}'`) and pass the server's `--api-key` through `critic.token_env`.
+  - `python -m coz_train.critic_server` (this package): both modes, computed by the same code as
+    `hf` (greedy; raw-logit logprobs). It answers any `top_logprobs` (-1 = the whole vocabulary),
+    so `logits` is exactly the in-process score when K covers the score tokens (see below).
+  - vLLM / SGLang OpenAI servers: `generate` always; `logits` through `logprobs: true` +
+    `top_logprobs: K` when the server returns them (else a clear CriticRequestError). vLLM (checked
+    in its chat-completions protocol and sampling params): `top_logprobs` without `logprobs: true`
+    is a 400; K is capped by the server's `--max-logprobs` (default 20; -1 = the vocabulary), a
+    larger K is a 400 "Requested sample logprobs of N, which is greater than max allowed: 20";
+    its default `--logprobs-mode raw_logprobs` reports the raw logits' log-probabilities (before
+    temperature, penalties and logits processors), as the in-process `logits` mode uses; the
+    answer is `choices[0].logprobs.content[i].top_logprobs` = [{token, logprob, bytes}].
+  In `logits` mode the expectation is over the score tokens "0".."score_max" found among the K
+  returned tokens, renormalised; exact only when all score_max + 1 of them are in the top K
+  (K >= score_max + 1 is necessary, not sufficient; a missing score token is less likely than
+  every returned token). No score token in the top K gives None for that candidate. K is
+  `ServerCritic(top_logprobs=...)`, else `critic.top_logprobs` if the config has that key, else
+  max(20, score_max + 1) (OpenAI's and vLLM's default maximum). Serve two images per prompt (vLLM:
+  `--limit-mm-per-prompt '{"image": 2}'`) and give vLLM's `--api-key` to `critic.token_env`.
 
 The critic is frozen: eval mode, no gradients, on `critic.device`.
 """
