@@ -10,6 +10,8 @@ processor keeps images to a handful of tokens, so a GRPO step takes well under a
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -87,21 +89,32 @@ def _build(arch: str, seed: int, out_dir: Path) -> None:
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(out_dir)  # atomic: a half-written folder is never picked up
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def build_once(out_dir: Path, marker: str, build: Callable[[Path], None]) -> str:
+    """Build into a private temp folder and rename it into place, unless `out_dir/marker` exists.
+
+    The rename is atomic, so a half-written folder is never picked up; when several processes
+    (ranks) build at once, the first rename wins and the others use its folder.
+    """
+    if not (out_dir / marker).is_file():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
+        try:
+            build(tmp)
+            tmp.rename(out_dir)
+        except OSError:
+            if not (out_dir / marker).is_file():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out_dir)
 
 
 def ensure_tiny_model(name: str) -> str:
     """Build the tiny model named `tiny:<arch>[@seed]` if needed; return its folder."""
     arch, seed = parse_tiny(name)
     out_dir = cache_root() / "tiny" / f"{arch}-seed{seed}-v{TINY_VERSION}"
-    if not (out_dir / "config.json").is_file():
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _build(arch, seed, out_dir)
-        except OSError:
-            if not (out_dir / "config.json").is_file():  # another process won the race: fine
-                raise
-    return str(out_dir)
+    return build_once(out_dir, "config.json", lambda folder: _build(arch, seed, folder))

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from coz_train.tiny.models import cache_root
+from coz_train.tiny.models import build_once, cache_root
 
 TINY_SD3_VERSION = 1  # bump when the tiny architecture changes so old cache folders are not reused
 
@@ -190,22 +189,13 @@ def _build(out_dir: Path, seed: int, t5: bool) -> None:
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
     )
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    pipe.save_pretrained(tmp)
-    tmp.rename(out_dir)  # atomic: a half-written folder is never picked up
+    pipe.save_pretrained(out_dir)
 
 
 def ensure_tiny_sd3(seed: int = 0, t5: bool = True) -> str:
     """Build the tiny SD3 (with or without T5) if needed; return its diffusers folder."""
     out_dir = cache_root() / "tiny" / f"sd3{'' if t5 else '-no_t5'}-seed{seed}-v{TINY_SD3_VERSION}"
-    if not (out_dir / "model_index.json").is_file():
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _build(out_dir, seed, t5)
-        except OSError:
-            if not (out_dir / "model_index.json").is_file():  # another process won the race: fine
-                raise
-    return str(out_dir)
+    return build_once(out_dir, "model_index.json", lambda folder: _build(folder, seed, t5))
 
 
 def official_transformer_lora_modules(transformer: torch.nn.Module) -> list[str]:
