@@ -63,12 +63,6 @@ def _batched(items: Sequence, batch_size: int) -> list[Sequence]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
-def _backbone_input_side(backbone: SRBackbone, size: int) -> int:
-    if size % backbone.scale:
-        raise ValueError(f"eval.process_size={size} is not divisible by the backbone's scale {backbone.scale}.")
-    return size // backbone.scale
-
-
 def onestep_chains(
     starts: list[Image.Image], backbone: SRBackbone, scale: int, steps: int, prompt: str = "", batch_size: int = 4
 ) -> list[Chain]:
@@ -96,7 +90,7 @@ def recursive_chains(
     batch_size: int = 4,
 ) -> list[Chain]:
     size = starts[0].width
-    if size // scale != _backbone_input_side(backbone, size):
+    if scale != backbone.scale:
         raise ValueError(f"recursive_multiscale needs eval.scale ({scale}) equal to the backbone's scale ({backbone.scale}).")
     chains = [Chain(method, [start]) for start in starts]
     for _ in range(steps):

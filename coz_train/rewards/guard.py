@@ -90,7 +90,8 @@ class UpdateGuardCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None] if model is not None else []
-        finite = all(torch.isfinite(p.grad).all() for p in params)
+        # one device sync for all gradients, not one per parameter
+        finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if params else True
         flags = torch.tensor([0 if finite else 1, 1 if self.guard.skip_pending else 0], device=args.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)

@@ -51,11 +51,7 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return wrap
 
 
-def registered_backbones() -> list[str]:
-    return sorted(_BACKBONES)
-
-
 def build_backbone(name: str, cfg: Any, device: torch.device) -> SRBackbone:
     if name not in _BACKBONES:
-        raise KeyError(f"eval.backbone.name='{name}' is not a registered SR backbone: {registered_backbones()}.")
+        raise KeyError(f"eval.backbone.name='{name}' is not a registered SR backbone: {sorted(_BACKBONES)}.")
     return _BACKBONES[name](cfg, device)
