@@ -130,6 +130,18 @@ class RewardFailureConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches (docs/performance.md). Each keeps the training result of the plain path (all false)."""
+
+    vision_cache: bool = False  # frozen vision tower: each distinct image is encoded once, reused by every pass
+    vision_cache_images: int = 256  # images kept across steps (least recently used are dropped)
+    group_prefix: bool = False  # log-prob and training passes: each group's prompt runs once, its KV cache shared
+    group_batches: bool = False  # micro-batches hold whole groups (shuffled by group), so group_prefix pays in training
+    critic_prefix: bool = False  # critic: the images + instruction prefix runs once per group (hf backend, Qwen-VL)
+    merge_adapters_for_generation: bool = False  # rollouts with LoRA merged into the weights (restored bit for bit)
+
+
+@dataclass
 class LoggingConfig:
     wandb: bool = True
     project: str = "coz_train"
@@ -241,6 +253,7 @@ class CozTrainConfig:
     reward_failure: RewardFailureConfig = field(default_factory=RewardFailureConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]
+    perf: PerfConfig = field(default_factory=PerfConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

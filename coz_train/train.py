@@ -61,6 +61,28 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return cfg.resume
 
 
+def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
+    """The `perf` switches against the policy's architecture and freeze settings, before any weights load."""
+    perf = cfg.perf
+    if perf.group_prefix or perf.vision_cache:
+        from transformers import AutoConfig
+
+        from coz_train.perf.prefix import SUPPORTED_MODEL_TYPES
+
+        model_type = AutoConfig.from_pretrained(
+            policy_path, revision=cfg.policy.revision, trust_remote_code=cfg.policy.trust_remote_code).model_type
+        switch = "perf.group_prefix" if perf.group_prefix else "perf.vision_cache"
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"{switch}=true supports Qwen2-VL / Qwen2.5-VL policies; {cfg.policy.name_or_path} is "
+                             f"'{model_type}'. Set {switch}=false.")
+    if perf.vision_cache and not (cfg.policy.freeze_vision_tower and cfg.policy.freeze_projector):
+        raise ValueError("perf.vision_cache=true needs a frozen vision tower and projector "
+                         "(policy.freeze_vision_tower=true, policy.freeze_projector=true); set perf.vision_cache=false.")
+    if perf.critic_prefix and cfg.critic.backend != "hf":
+        raise ValueError(f"perf.critic_prefix works with critic.backend=hf, not '{cfg.critic.backend}'; "
+                         "set perf.critic_prefix=false.")
+
+
 def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     """Everything up to `trainer.train()`: returns the GRPOTrainer and the checkpoint to resume from."""
     from transformers import set_seed
@@ -79,6 +101,7 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
                 raise ValueError("critic.backend=server needs critic.url=http://<host>:<port> (see conf/critic/server.yaml).")
         else:
             resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
+    check_perf_config(cfg, policy_path)
     resume = resume_checkpoint(cfg)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed)
@@ -92,10 +115,12 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     args = grpo_args(cfg, reward_weights, report_to)
 
     from transformers.trainer_callback import ProgressCallback
-    from trl import GRPOTrainer
+
+    from coz_train.trainer import CozGRPOTrainer
 
     samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
-    trainer = GRPOTrainer(
+    trainer = CozGRPOTrainer(
+        perf=cfg.perf,
         model=model,
         reward_funcs=reward_funcs,
         args=args,

@@ -1,0 +1,1 @@
+"""Speed levers for the GRPO step (`perf.*` switches); docs/performance.md measures them."""

@@ -1,0 +1,134 @@
+"""Frozen-vision feature cache: each distinct image goes through the vision tower once.
+
+A GRPO step sends the same images through the policy's vision tower many times: rollouts on the
+G expanded copies of each prompt, the reference/old log-prob pass and the training pass each
+encode every row's two images. With the vision tower and its merger frozen (the paper's LoRA
+touches the language model only), an image's embedding never changes, so the cache computes it
+once and hands out the stored tensor afterwards: exact by construction.
+
+Lookups are by content: an image's key is its row count and a few of its pixel values at fixed
+relative offsets (read in one gather), and a key match is confirmed with an exact `torch.equal`
+on all its pixels before the stored embedding is used. Embeddings are kept across
+steps up to `max_images` (least recently used dropped first).
+
+`install_vision_cache(model, max_images)` patches the model's `get_image_features`; it refuses a
+model whose vision tower or merger has trainable weights (`policy.freeze_vision_tower=false`,
+`policy.freeze_projector=false`, or a LoRA that targets vision modules).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from coz_train.perf.prefix import unwrap
+
+
+class VisionCacheRefused(ValueError):
+    """The vision tower (or merger) is being trained, so its outputs are not constant."""
+
+
+def trainable_vision_weights(inner: Any) -> list[str]:
+    visual = getattr(inner.model, "visual", None)
+    if visual is None:
+        raise VisionCacheRefused(f"perf.vision_cache: {type(inner).__name__} has no `model.visual` vision tower.")
+    names = [n for n, p in visual.named_parameters() if p.requires_grad]
+    names += [n for n, _ in visual.named_modules() if n.rsplit(".", 1)[-1].startswith(("lora_", "modules_to_save"))]
+    return names
+
+
+class VisionFeatureCache:
+    SAMPLES = 32  # pixel values per image in the lookup key; a match is always confirmed on every pixel
+
+    def __init__(self, inner: Any, max_images: int):
+        self.inner, self.max_images = inner, max(0, int(max_images))
+        self.compute = inner.model.get_image_features  # the model's own method
+        self.entries: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def _fingerprints(self, pixel_values: torch.Tensor, rows: list[int]) -> list[tuple]:
+        """Per image: its row count and SAMPLES exact pixel values at fixed relative offsets (one gather, one sync)."""
+        dim = pixel_values.shape[-1]
+        offsets, start = [], 0
+        for n in rows:
+            size = n * dim
+            offsets.append(torch.linspace(0, size - 1, self.SAMPLES, dtype=torch.float64).long() + start)
+            start += size
+        index = torch.cat(offsets).to(pixel_values.device)
+        values = pixel_values.reshape(-1)[index].float().view(len(rows), self.SAMPLES).tolist()
+        return [(n, *v) for n, v in zip(rows, values, strict=True)]
+
+    def lookup(self, key: tuple, pixels: torch.Tensor) -> torch.Tensor | None:
+        for stored_pixels, features in self.entries.get(key, []):
+            if stored_pixels.shape == pixels.shape and torch.equal(stored_pixels, pixels):
+                self.entries.move_to_end(key)
+                return features
+        return None
+
+    def store(self, key: tuple, pixels: torch.Tensor, features: torch.Tensor) -> None:
+        if self.max_images == 0:
+            return
+        self.entries.setdefault(key, []).append((pixels.detach(), features.detach()))
+        self.entries.move_to_end(key)
+        while sum(len(v) for v in self.entries.values()) > self.max_images:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def __call__(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if image_grid_thw is None or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+            return self.compute(pixel_values, image_grid_thw, **kwargs)
+        rows = image_grid_thw.prod(-1).tolist()
+        images = torch.split(pixel_values, rows)
+        keys = self._fingerprints(pixel_values, rows)
+        found: list[torch.Tensor | None] = []
+        first_of: dict[int, int] = {}  # a miss repeated within this call is computed once
+        for i, (key, pixels) in enumerate(zip(keys, images, strict=True)):
+            found.append(self.lookup(key, pixels))
+            if found[-1] is None:
+                for j in first_of.values():
+                    if keys[j] == key and torch.equal(images[j], pixels):
+                        break
+                else:
+                    first_of[i] = i
+        if first_of:
+            missing = sorted(first_of)
+            with torch.no_grad():
+                out = self.compute(torch.cat([images[i] for i in missing]), image_grid_thw[missing], return_dict=True)
+            for i, features in zip(missing, out.pooler_output, strict=True):
+                found[i] = features
+                self.store(keys[i], images[i], features)
+            self.misses += len(missing)
+        for i, features in enumerate(found):
+            if features is None:  # a repeat of an image computed in this call
+                j = next(j for j in first_of if keys[j] == keys[i] and torch.equal(images[j], images[i]))
+                found[i] = found[j]
+                self.hits += 1
+            elif i not in first_of:
+                self.hits += 1
+        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=tuple(found))
+
+
+def install_vision_cache(model: Any, max_images: int) -> VisionFeatureCache:
+    """Patch the model's `get_image_features` with a content-keyed cache; returns the cache."""
+    inner = unwrap(model)
+    if not hasattr(getattr(inner, "model", None), "get_image_features"):
+        raise VisionCacheRefused(f"perf.vision_cache: {type(inner).__name__} has no get_image_features to cache.")
+    existing = inner.model.__dict__.get("get_image_features")
+    if isinstance(existing, VisionFeatureCache):
+        return existing
+    trainable = trainable_vision_weights(inner)
+    if trainable:
+        raise VisionCacheRefused(
+            "perf.vision_cache=true needs a frozen vision tower and merger, but these are trained: "
+            f"{', '.join(trainable[:5])}{' ...' if len(trainable) > 5 else ''}. Set perf.vision_cache=false "
+            "(or keep policy.freeze_vision_tower=true, policy.freeze_projector=true and the LoRA on the language model)."
+        )
+    cache = VisionFeatureCache(inner, max_images)
+    inner.model.get_image_features = cache
+    return cache

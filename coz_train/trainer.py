@@ -1,0 +1,181 @@
+"""TRL's GRPOTrainer with the `perf.*` switches (docs/performance.md); all off = TRL's own path.
+
+- `vision_cache`: the policy's frozen vision tower encodes each distinct image once, for rollouts,
+  old/reference log-probs and training alike (`coz_train.perf.vision_cache`).
+- `group_prefix`: log-prob passes (old, reference, training) run each group's prompt once and only
+  the completions per row (`coz_train.perf.group_prefix`).
+- `group_batches`: the generation batch is split into micro-batches of whole groups (TRL shuffles
+  rows); the shuffle draws the same random numbers, so everything after it is unchanged.
+- `merge_adapters_for_generation`: rollouts run with the LoRA merged into the base weights; the
+  weights are restored bit for bit afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import torch
+from trl import GRPOTrainer
+
+from coz_train.perf.group_prefix import KWARG, install_group_prefix
+from coz_train.perf.vision_cache import install_vision_cache
+
+log = logging.getLogger(__name__)
+
+_TRL_IMAGE_FREE_KWARGS = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
+                          "image_position_ids")
+
+
+def group_runs(prompt_ids: torch.Tensor, pixel_values: Any = None) -> list[list[int]]:
+    """Runs of adjacent rows with the same prompt (tokens and, when given per row, pixels): the groups."""
+    runs: list[list[int]] = []
+    for row in range(prompt_ids.shape[0]):
+        if runs:
+            prev = runs[-1][0]
+            same = torch.equal(prompt_ids[prev], prompt_ids[row])
+            if same and isinstance(pixel_values, list):
+                same = torch.equal(pixel_values[prev], pixel_values[row])
+            if same:
+                runs[-1].append(row)
+                continue
+        runs.append([row])
+    return runs
+
+
+def group_shuffle(seq_dict: dict[str, Any]) -> dict[str, Any]:
+    """Shuffle groups, keeping each group's rows together, with the same random draw as TRL's row shuffle.
+
+    TRL draws `torch.randperm(rows)`; the groups are ordered by where their first row lands in that
+    permutation, so the generator state afterwards is the one the plain path leaves.
+    """
+    rows = len(next(v for v in seq_dict.values() if v is not None))
+    permutation = torch.randperm(rows)
+    runs = group_runs(seq_dict["prompt_ids"], seq_dict.get("pixel_values"))
+    rank = torch.empty(rows, dtype=torch.long)
+    rank[permutation] = torch.arange(rows)
+    order = sorted(range(len(runs)), key=lambda g: int(rank[runs[g][0]]))
+    index = torch.tensor([row for g in order for row in runs[g]], dtype=torch.long)
+
+    def permute(value: Any) -> Any:
+        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
+            return value
+        if isinstance(value, torch.Tensor):
+            return value[index.to(value.device)]
+        return [value[i] for i in index.tolist()]
+
+    return {key: permute(value) for key, value in seq_dict.items()}
+
+
+@contextlib.contextmanager
+def merged_adapters(model: Any) -> Iterator[None]:
+    """LoRA merged into the base weights inside the block; the base weights restored bit for bit after.
+
+    Unmerging subtracts the update again, which in bf16 does not give the old weights back, so the
+    touched base weights are copied before the merge and written back afterwards.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and m.active_adapters]
+    if not layers:
+        yield
+        return
+    saved = [(layer.get_base_layer().weight, layer.get_base_layer().weight.detach().clone()) for layer in layers]
+    for layer in layers:
+        layer.merge(adapter_names=list(layer.active_adapters))
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.unmerge()
+        with torch.no_grad():
+            for weight, copy in saved:
+                weight.copy_(copy)
+
+
+class CozGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args: Any, perf: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.perf = perf
+        self.vision_caches: list = []
+        if perf is None:
+            return
+        models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
+        if perf.vision_cache:
+            self.vision_caches = [install_vision_cache(m, perf.vision_cache_images) for m in models]
+        if perf.group_prefix:
+            for m in models:
+                install_group_prefix(m)
+        if perf.merge_adapters_for_generation:
+            from peft import PeftModel
+
+            if not isinstance(self.model, PeftModel):
+                raise ValueError("perf.merge_adapters_for_generation=true needs a LoRA policy (PEFT).")
+            if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+                raise ValueError("perf.merge_adapters_for_generation does not work with ZeRO-3 (sharded weights); "
+                                 "set it to false or use ZeRO-2.")
+        if perf.group_batches:
+            import trl.trainer.grpo_trainer as trl_grpo
+
+            if not hasattr(trl_grpo, "shuffle_sequence_dict"):
+                raise RuntimeError("perf.group_batches: this TRL version has no shuffle_sequence_dict to replace; "
+                                   "set perf.group_batches=false.")
+        log.info("perf: %s", {k: v for k, v in dict(perf).items() if v})
+
+    def _prepare_inputs(self, generation_batch: Any) -> Any:
+        if self.perf is None or not self.perf.group_batches:
+            return super()._prepare_inputs(generation_batch)
+        import trl.trainer.grpo_trainer as trl_grpo
+
+        with mock.patch.object(trl_grpo, "shuffle_sequence_dict", group_shuffle):
+            return super()._prepare_inputs(generation_batch)
+
+    def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+        if self.perf is None or not self.perf.merge_adapters_for_generation or self.use_vllm:
+            return super()._generate_single_turn(*args, **kwargs)
+        with torch.no_grad(), merged_adapters(self.accelerator.unwrap_model(self.model)):
+            return super()._generate_single_turn(*args, **kwargs)
+
+    def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                           logits_to_keep: int, batch_size: int | None = None,
+                                           compute_entropy: bool = False, compute_aux_loss: bool = False,
+                                           pixel_values: torch.Tensor | None = None,
+                                           image_grid_thw: torch.Tensor | None = None,
+                                           num_images: list[int] | None = None, **kwargs: Any) -> Any:
+        plain = (self.perf is None or not self.perf.group_prefix or compute_aux_loss
+                 or any(kwargs.get(k) is not None for k in _TRL_IMAGE_FREE_KWARGS)
+                 or (pixel_values is not None and image_grid_thw is None))
+        if plain:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                pixel_values=pixel_values, image_grid_thw=image_grid_thw, num_images=num_images, **kwargs)
+        mm_token_type_ids = kwargs.get("mm_token_type_ids")
+        batch_size = batch_size or input_ids.size(0)
+        if image_grid_thw is not None:
+            num_images = list(num_images) if num_images is not None else None
+            image_rows = image_grid_thw.prod(-1)
+            counts = num_images or [image_grid_thw.shape[0] // input_ids.size(0)] * input_ids.size(0)
+            images_before = [0, *torch.tensor(counts).cumsum(0).tolist()]
+            rows_before = [0, *image_rows.cumsum(0).tolist()]
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            inputs: dict[str, Any] = {"input_ids": input_ids[start:end], "attention_mask": attention_mask[start:end]}
+            spec = {"logits_to_keep": logits_to_keep, "temperature": self.temperature,
+                    "cast_lm_head_to_fp32": bool(self.args.cast_lm_head_to_fp32), "compute_entropy": compute_entropy}
+            if image_grid_thw is not None:
+                first, last = images_before[start], images_before[end]
+                inputs["pixel_values"] = pixel_values[rows_before[first]:rows_before[last]]
+                inputs["image_grid_thw"] = image_grid_thw[first:last]
+                spec["num_images"] = counts[start:end]
+            if mm_token_type_ids is not None:
+                inputs["mm_token_type_ids"] = mm_token_type_ids[start:end]
+            with self.accelerator.autocast():
+                out = model(**inputs, **{KWARG: spec})
+            logps.append(out.log_probs)
+            if compute_entropy:
+                entropies.append(out.entropy)
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
