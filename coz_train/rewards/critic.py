@@ -69,6 +69,7 @@ import torch
 from omegaconf import DictConfig
 
 from coz_train.hub import resolve_model
+from coz_train.perf.prefix import check_supported
 from coz_train.policy.load import load_processor, load_vlm, torch_dtype
 from coz_train.rewards.registry import register
 from coz_train.rewards.text import completion_text
@@ -119,14 +120,20 @@ class HFCritic:
 
     The pieces (`conversation`, `encode`, `next_token_logits`, `generate`) are shared with the critic
     server (`coz_train.critic_server`), which runs the same code on conversations it receives.
+
+    `shared_prefix` (`perf.critic_prefix`, Qwen2-VL / Qwen2.5-VL critics): conversations with the same
+    images run their common prefix once and only their own suffixes on top (`coz_train.perf.critic_prefix`);
+    same scores as the plain path within float rounding.
     """
 
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, device: torch.device, shared_prefix: bool = False):
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.shared_prefix = cfg, device, shared_prefix
         self.processor = load_processor(path, cfg)
         self.processor.tokenizer.padding_side = "left"  # last position = next token for every row
         self.model = _frozen(load_vlm(path, cfg).to(device))
+        if shared_prefix:
+            check_supported(self.model, "perf.critic_prefix")
         self.score_token_ids = self._score_tokens() if cfg.scoring == "logits" else None
 
     def _score_tokens(self) -> torch.Tensor:
@@ -160,6 +167,11 @@ class HFCritic:
     @torch.no_grad()
     def next_token_logits(self, conversations: list[list[dict]]) -> torch.Tensor:
         """Raw logits of the first answer token, [N, vocab] float32."""
+        if self.shared_prefix:
+            from coz_train.perf import critic_prefix
+
+            return critic_prefix.next_token_logits(self.model, self.encode(conversations), conversations,
+                                                   self.processor.tokenizer.pad_token_id)
         return self.model(**self.encode(conversations)).logits[:, -1, :].float()
 
     @property
@@ -172,6 +184,13 @@ class HFCritic:
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]], max_new_tokens: int, output_logits: bool = False) -> Generation:
         """Greedy decoding of a batch; rows are cut after their first end-of-sequence token."""
+        if self.shared_prefix:
+            from coz_train.perf import critic_prefix
+
+            return critic_prefix.generate(self.model, self.encode(conversations), conversations, max_new_tokens,
+                                          eos_token_ids=self.eos_token_ids,
+                                          pad_token_id=self.processor.tokenizer.pad_token_id,
+                                          output_logits=output_logits)
         inputs = self.encode(conversations)
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                   return_dict_in_generate=True, output_logits=output_logits)
@@ -490,10 +509,17 @@ def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward
         raise ValueError(f"critic.backend='{critic.backend}' is not one of {sorted(BACKENDS)}.")
     if critic.scoring not in ("generate", "logits"):
         raise ValueError(f"critic.scoring='{critic.scoring}' must be 'generate' or 'logits'.")
+    perf = cfg.get("perf")
+    shared_prefix = bool(perf.get("critic_prefix", False)) if perf is not None else False
+    if shared_prefix and critic.backend != "hf":
+        raise ValueError(f"perf.critic_prefix works with critic.backend=hf (this is critic.backend={critic.backend}); "
+                         "set perf.critic_prefix=false.")
     if critic.backend == "server":
         backend = ServerCritic(critic)
         log.info("Critic %s at %s (%s scoring)", backend.model_name, backend.url, critic.scoring)
     else:
-        backend = BACKENDS[critic.backend](critic, critic_device(critic.device))
-        log.info("Critic %s loaded (%s backend, %s scoring)", critic.name_or_path, critic.backend, critic.scoring)
+        extra = {"shared_prefix": True} if shared_prefix else {}
+        backend = BACKENDS[critic.backend](critic, critic_device(critic.device), **extra)
+        log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
+                 ", shared prefix" if shared_prefix else "")
     return CriticReward(backend, critic.score_max, critic.batch_size)
