@@ -142,6 +142,24 @@ class PerfConfig:
 
 
 @dataclass
+class BenchConfig:
+    """`python -m coz_train.bench`: one GRPO step's phases, plain against perf switches (docs/performance.md)."""
+
+    size: str = "tiny"  # tiny (CPU, seconds) | real (Qwen2.5-VL-3B policy + 7B critic architectures, GPU)
+    phases: list[str] = field(default_factory=lambda: ["vision", "rollout", "critic", "logps", "train"])
+    device: str = "auto"  # auto: the GPU if there is one | cpu | cuda:N
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU | bfloat16 | float32
+    groups: int | None = None  # prompts per step (default: real 8, tiny 2)
+    generations: int | None = None  # completions per prompt (default: real 8, tiny 4)
+    new_tokens: int | None = None  # completion length (default: real 64, tiny 8)
+    image_size: int | None = None  # square crop side in px (default: real 504, tiny 112)
+    warmup: int | None = None  # untimed runs per measurement (default: real 1, tiny 1)
+    reps: int | None = None  # timed runs, median reported (default: real 3, tiny 2)
+    check: bool = True  # equality checks of every optimised phase against the plain one (float32)
+    out: str = "bench.json"  # relative to the run folder
+
+
+@dataclass
 class LoggingConfig:
     wandb: bool = True
     project: str = "coz_train"
@@ -254,6 +272,7 @@ class CozTrainConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]
     perf: PerfConfig = field(default_factory=PerfConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -132,3 +132,10 @@ def install_vision_cache(model: Any, max_images: int) -> VisionFeatureCache:
     cache = VisionFeatureCache(inner, max_images)
     inner.model.get_image_features = cache
     return cache
+
+
+def uninstall_vision_cache(model: Any) -> None:
+    """Back to the model's own `get_image_features`."""
+    inner = unwrap(model)
+    if isinstance(inner.model.__dict__.get("get_image_features"), VisionFeatureCache):
+        del inner.model.get_image_features

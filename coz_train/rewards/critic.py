@@ -128,10 +128,22 @@ class HFCritic:
 
     def __init__(self, cfg: DictConfig, device: torch.device, shared_prefix: bool = False):
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
+        self._setup(cfg, device, load_processor(path, cfg), load_vlm(path, cfg), shared_prefix)
+
+    @classmethod
+    def from_parts(cls, cfg: DictConfig, device: torch.device, processor: Any, model: torch.nn.Module,
+                   shared_prefix: bool = False) -> HFCritic:
+        """A critic around a model and processor already in memory (the benchmark builds them from config)."""
+        critic = cls.__new__(cls)
+        critic._setup(cfg, device, processor, model, shared_prefix)
+        return critic
+
+    def _setup(self, cfg: DictConfig, device: torch.device, processor: Any, model: torch.nn.Module,
+               shared_prefix: bool) -> None:
         self.cfg, self.device, self.shared_prefix = cfg, device, shared_prefix
-        self.processor = load_processor(path, cfg)
+        self.processor = processor
         self.processor.tokenizer.padding_side = "left"  # last position = next token for every row
-        self.model = _frozen(load_vlm(path, cfg).to(device))
+        self.model = _frozen(model.to(device))
         if shared_prefix:
             check_supported(self.model, "perf.critic_prefix")
         self.score_token_ids = self._score_tokens() if cfg.scoring == "logits" else None

@@ -39,11 +39,50 @@ def parse_tiny(name: str) -> tuple[str, int]:
         raise ValueError(f"Bad seed in tiny model name '{name}': expected an integer after '@'.") from None
 
 
-def _build(arch: str, seed: int, out_dir: Path) -> None:
+def special_token_ids(tokenizer) -> dict:
+    """The vision special tokens of the offline tokenizer, as model config fields."""
+    tid = tokenizer.convert_tokens_to_ids
+    return dict(
+        image_token_id=tid("<|image_pad|>"),
+        video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"),
+        vision_end_token_id=tid("<|vision_end|>"),
+    )
+
+
+def qwen_vl_processor(arch: str, tokenizer, min_pixels: int, max_pixels: int):
+    """A Qwen2-VL / Qwen2.5-VL processor around the offline tokenizer (no hub)."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    tokenizer = build_tokenizer()
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as Processor
+    else:
+        from transformers import Qwen2VLProcessor as Processor
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Processor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def qwen_vl_config(arch: str, tokenizer, text: dict, vision: dict, **extra):
+    """A Qwen-VL config with the offline tokenizer's special tokens; `text`/`vision` set the widths."""
     tid = tokenizer.convert_tokens_to_ids
+    text = dict(
+        dict(bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"), pad_token_id=tid("<|endoftext|>")),
+        **text,
+    )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config
+    else:
+        from transformers import Qwen2VLConfig as Config
+    return Config(text_config=text, vision_config=vision, **special_token_ids(tokenizer), **extra)
+
+
+def _build(arch: str, seed: int, out_dir: Path) -> None:
+    tokenizer = build_tokenizer()
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -56,39 +95,20 @@ def _build(arch: str, seed: int, out_dir: Path) -> None:
         initializer_range=0.2,
         # M-RoPE: (temporal, height, width) sections must sum to head_dim / 2 = 4
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-        bos_token_id=tid("<|endoftext|>"),
-        eos_token_id=tid("<|im_end|>"),
-        pad_token_id=tid("<|endoftext|>"),
     )
     vision = dict(depth=2, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    special = dict(
-        image_token_id=tid("<|image_pad|>"),
-        video_token_id=tid("<|video_pad|>"),
-        vision_start_token_id=tid("<|vision_start|>"),
-        vision_end_token_id=tid("<|vision_end|>"),
-    )
     if arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig as Config
         from transformers import Qwen2_5_VLForConditionalGeneration as Model
-        from transformers import Qwen2_5_VLProcessor as Processor
 
         vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=32, window_size=56, fullatt_block_indexes=[1])
     else:
-        from transformers import Qwen2VLConfig as Config
         from transformers import Qwen2VLForConditionalGeneration as Model
-        from transformers import Qwen2VLProcessor as Processor
 
         vision.update(embed_dim=32, hidden_size=32, mlp_ratio=2)
-    config = Config(text_config=text, vision_config=vision, **special)
+    config = qwen_vl_config(arch, tokenizer, text, vision)
     torch.manual_seed(seed)
     model = Model(config)
-    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Processor(
-        image_processor=Qwen2VLImageProcessor(**pixels),
-        video_processor=Qwen2VLVideoProcessor(**pixels),
-        tokenizer=tokenizer,
-        chat_template=tokenizer.chat_template,
-    )
+    processor = qwen_vl_processor(arch, tokenizer, 56 * 56, 112 * 112)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
 

@@ -1,0 +1,74 @@
+"""The benchmark's table and JSON: each phase plain vs fast, against its floor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+STEP_PHASES = ("rollout", "critic", "logps", "train")  # what one GRPO step adds up to (vision is inside them)
+GOAL_S, STRETCH_S = 4.0, 2.5
+
+
+def step_summary(phases: dict, size: str) -> dict | None:
+    """The step's phases added up; the goal applies to the paper's setting (`bench.size=real`) only."""
+    done = [p for p in STEP_PHASES if p in phases and "plain" in phases[p]]
+    if not done:
+        return None
+    plain = sum(phases[p]["plain"]["s"] for p in done)
+    fast = sum(phases[p]["fast"]["s"] for p in done)
+    floor = sum(phases[p]["floor_s"] for p in done)
+    peaks = [phases[p]["fast"].get("peak_GB") for p in done if phases[p]["fast"].get("peak_GB") is not None]
+    return dict(phases=done, complete=len(done) == len(STEP_PHASES), plain_s=plain, fast_s=fast, floor_s=floor,
+                speedup=plain / fast, fast_peak_GB=max(peaks) if peaks else None,
+                goal_s=GOAL_S if size == "real" else None, stretch_s=STRETCH_S if size == "real" else None,
+                meets_goal=fast <= GOAL_S if size == "real" else None,
+                meets_stretch=fast <= STRETCH_S if size == "real" else None)
+
+
+def goal_text(step: dict) -> str:
+    if step["goal_s"] is None:
+        return "goal: bench.size=real"
+    return f"goal {step['goal_s']} s: {'met' if step['meets_goal'] else 'not met'}"
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(result: dict) -> str:
+    head = ["phase", "path", "seconds", "tokens/s", "floor s", "x floor", "speed-up", "peak GB", "check"]
+    lines = []
+    for name, phase in result["phases"].items():
+        if "error" in phase:
+            lines.append([name, "-", "-", "-", "-", "-", "-", "-", f"ERROR {phase['error'][:60]}"])
+            continue
+        check = phase.get("check") or {}
+        verdict = "-" if not check else ("pass" if check.get("passed") else "FAIL")
+        for path in ("plain", "fast"):
+            t = phase[path]
+            lines.append([
+                name if path == "plain" else "", path, _fmt(t["s"]), _fmt(t.get("tok_per_s"), ".0f"),
+                _fmt(phase["floor_s"], ".4f"), _fmt(t["s"] / phase["floor_s"] if phase["floor_s"] else None, ".1f"),
+                "1.00" if path == "plain" else _fmt(phase["plain"]["s"] / t["s"], ".2f"), _fmt(t.get("peak_GB"), ".1f"),
+                verdict if path == "fast" else "",
+            ])
+    step = result.get("step")
+    if step:
+        label = "step" if step["complete"] else "step (partial)"
+        lines.append([label, "plain", _fmt(step["plain_s"]), "-", _fmt(step["floor_s"], ".4f"),
+                      _fmt(step["plain_s"] / step["floor_s"], ".1f"), "1.00", "-", ""])
+        lines.append(["", "fast", _fmt(step["fast_s"]), "-", _fmt(step["floor_s"], ".4f"),
+                      _fmt(step["fast_s"] / step["floor_s"], ".1f"), _fmt(step["speedup"], ".2f"),
+                      _fmt(step["fast_peak_GB"], ".1f"), goal_text(step)])
+    widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
+    render = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in [head, *lines]]
+    render.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(render)
+
+
+def write(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(path)

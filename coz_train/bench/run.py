@@ -1,0 +1,116 @@
+"""Run the benchmark: build the models from config, time each phase plain vs fast, check, report."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from coz_train.bench import phases as ph
+from coz_train.bench.report import step_summary, table, write
+from coz_train.bench.workload import SIZES, build_model, grpo_batch, processor_for, shape_of
+
+log = logging.getLogger(__name__)
+
+PHASES = ("vision", "rollout", "critic", "logps", "train")
+
+
+def device_and_dtype(bench: DictConfig) -> tuple[torch.device, torch.dtype]:
+    if bench.device == "auto":
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(bench.device)
+    names = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    if bench.dtype == "auto":
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    if bench.dtype not in names:
+        raise ValueError(f"bench.dtype='{bench.dtype}' is not one of auto, {', '.join(names)}.")
+    return device, names[bench.dtype]
+
+
+def build_policy(cfg: DictConfig, spec: dict, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """The policy architecture with the configured LoRA (policy.lora), its B matrices random so the LoRA matters."""
+    from peft import get_peft_model
+
+    from coz_train.policy import lora_config
+
+    model = build_model(spec, tokenizer, device, dtype, cfg.seed)
+    policy = get_peft_model(model, lora_config(cfg.policy, model))
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    for name, param in policy.named_parameters():
+        if "lora_B" in name:
+            param.data = (torch.randn(param.shape, generator=generator) * 0.02).to(param.device, param.dtype)
+    ph.install(policy)
+    return policy.eval()
+
+
+def run_bench(cfg: DictConfig) -> dict:
+    bench = cfg.bench
+    unknown = sorted(set(bench.phases) - set(PHASES))
+    if unknown:
+        raise ValueError(f"bench.phases: unknown {unknown}; choose from {list(PHASES)}.")
+    shape = shape_of(bench)
+    device, dtype = device_and_dtype(bench)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    out = Path(cfg.output_dir) / bench.out
+    torch.manual_seed(cfg.seed)
+    dev = ph.measure_device(device, dtype)
+    processor = processor_for(shape)
+    S = shape.image_size
+    batch = grpo_batch(processor, shape.groups, shape.generations, shape.new_tokens, cfg.seed,
+                       image_sizes=[((S, S), (S, S))] * shape.groups, ragged=False, device=device)
+    result: dict[str, Any] = {"meta": meta(cfg, shape, dev, batch), "phases": {}}
+    log.info("bench %s on %s (%s): %s", bench.size, result["meta"]["device_name"], dtype, result["meta"]["shape"])
+    spec = SIZES[bench.size]
+    wanted = [p for p in PHASES if p in bench.phases]  # the critic first: it is freed before the policy trains
+    runner = None
+    if "critic" in wanted:
+        run_phase(result, "critic", lambda: ph.critic_phase(cfg, spec["critic"], processor, batch, dev, shape), out)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for name in [p for p in wanted if p != "critic"]:
+        if runner is None:
+            policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
+            runner = ph.Bench(dev, shape, processor, batch, policy)
+        run_phase(result, name, getattr(runner, name), out)
+    result["step"] = step_summary(result["phases"], bench.size)
+    write(result, out)
+    print(table(result), flush=True)
+    log.info("results: %s", out.resolve())
+    return result
+
+
+def run_phase(result: dict, name: str, fn: Any, out: Path) -> None:
+    log.info("phase %s", name)
+    try:
+        result["phases"][name] = fn()
+        phase = result["phases"][name]
+        log.info("  plain %.4f s, fast %.4f s (x%.2f), check %s", phase["plain"]["s"], phase["fast"]["s"],
+                 phase["plain"]["s"] / phase["fast"]["s"], phase.get("check"))
+    except Exception as err:  # one phase failing (e.g. out of memory) still reports the others
+        result["phases"][name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
+        log.error("phase %s failed: %s", name, err)
+    write(result, out)
+
+
+def meta(cfg: DictConfig, shape: Any, dev: Any, batch: dict) -> dict:
+    import transformers
+    import trl
+
+    name = torch.cuda.get_device_name(dev.device) if dev.is_cuda else platform.processor() or platform.machine()
+    return dict(
+        size=cfg.bench.size, device=str(dev.device), device_name=name, dtype=str(dev.dtype).removeprefix("torch."),
+        matmul_TFLOPs=round(dev.peak_flops / 1e12, 2), copy_GBps=round(dev.bandwidth / 1e9, 1),
+        shape=vars(shape), prompt_tokens=int(batch["input_ids"].shape[1] - shape.new_tokens),
+        image_tokens_per_image=int(batch["image_grid_thw"][0].prod()) // 4,
+        versions=dict(torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__),
+        config=OmegaConf.to_container(cfg.bench, resolve=True),
+    )
