@@ -134,7 +134,7 @@ class PerfConfig:
     """Speed switches (docs/performance.md). Each keeps the training result of the plain path (all false)."""
 
     vision_cache: bool = False  # frozen vision tower: each distinct image is encoded once, reused by every pass
-    vision_cache_images: int = 256  # images kept across steps (least recently used are dropped)
+    vision_cache_images: int = 64  # images kept across steps (least recently used are dropped)
     group_prefix: bool = False  # log-prob and training passes: each group's prompt runs once, its KV cache shared
     group_batches: bool = False  # micro-batches hold whole groups (shuffled by group), so group_prefix pays in training
     critic_prefix: bool = False  # critic: the images + instruction prefix runs once per group (hf backend, Qwen-VL)

@@ -65,6 +65,9 @@ def token_logps(inner: Any, hidden: torch.Tensor, targets: torch.Tensor, tempera
                 cast_lm_head_to_fp32: bool, compute_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     head = inner.get_output_embeddings()
     if cast_lm_head_to_fp32:
+        if head.weight.numel() == 0:
+            raise ValueError("perf.group_prefix with grpo.cast_lm_head_to_fp32 needs the LM head's full weight, which "
+                             "ZeRO-3 shards: set one of them to false.")
         with torch.autocast(hidden.device.type, enabled=False):
             bias = None if head.bias is None else head.bias.float()
             logits = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)

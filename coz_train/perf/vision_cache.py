@@ -70,7 +70,8 @@ class VisionFeatureCache:
     def store(self, key: tuple, pixels: torch.Tensor, features: torch.Tensor) -> None:
         if self.max_images == 0:
             return
-        self.entries.setdefault(key, []).append((pixels.detach(), features.detach()))
+        # copies: views would keep the whole batch's pixel and feature tensors alive
+        self.entries.setdefault(key, []).append((pixels.detach().clone(), features.detach().clone()))
         self.entries.move_to_end(key)
         while sum(len(v) for v in self.entries.values()) > self.max_images:
             self.entries.popitem(last=False)
