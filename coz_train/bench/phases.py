@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,6 @@ def measure_device(device: torch.device, dtype: torch.dtype) -> Device:
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     copy = timed(probe, lambda: dst.copy_(src), warmup=2, reps=5)
-    del a, b, src, dst
     return Device(device, dtype, 2 * n**3 / matmul["s"], 2 * nbytes / copy["s"])
 
 
@@ -335,7 +333,6 @@ def critic_phase(cfg: Any, spec: dict, processor: Any, batch: dict, dev: Device,
     floor = (2 * lm * distinct + 2 * params_of(inner.model.visual) * patches) / dev.peak_flops
     check = dict(logits_rel_err=rel_err(b, a), control_position_plus_one_rel_err=rel_err(wrong, a))
     check["passed"] = check["logits_rel_err"] < 1e-5 and check["control_position_plus_one_rel_err"] > 100 * check["logits_rel_err"]
-    del plain, fast, model, inner
     return dict(plain=dict(t_plain, tok_per_s=tokens / t_plain["s"]), fast=dict(t_fast, tok_per_s=tokens / t_fast["s"]),
                 floor_s=floor, check=check,
                 work=dict(rows=len(conversations), tokens_plain=tokens, tokens_distinct=distinct,

@@ -113,7 +113,7 @@ def grpo_batch(processor: Any, groups: int = 2, per_group: int = 3, max_completi
     n = len(prompts)
     tokenizer = processor.tokenizer
     if ragged:
-        lengths = torch.randint(2, max_completion + 1, (n,), generator=generator)
+        lengths = torch.randint(min(2, max_completion), max_completion + 1, (n,), generator=generator)
         lengths[0] = max_completion
     else:
         lengths = torch.full((n,), max_completion)

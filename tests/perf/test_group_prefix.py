@@ -1,0 +1,152 @@
+"""perf.group_prefix: each group's prompt runs once, and log-probs, entropies and LoRA gradients equal TRL's path."""
+
+import pytest
+import torch
+from trl.trainer.utils import add_fused_lm_head
+
+from coz_train.perf import group_prefix
+from coz_train.perf.group_prefix import install_group_prefix
+
+TEMPERATURE = 0.7
+INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+# 112x112 + 56x84 images give 16 + 6 image tokens, 56x56 + 56x56 give 4 + 4: the second group's prompt is
+# shorter and left-padded
+MIXED_SIZES = [((112, 112), (56, 84)), ((56, 56), (56, 56))]
+# the zoom data's case: every prompt has the same text and image sizes, so the same tokens; only pixels differ
+SAME_SIZES = [((56, 84), (56, 56)), ((56, 84), (56, 56))]
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+def grad_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got - ref).norm() / ref.norm())
+
+
+@pytest.fixture(params=["qwen2_5_vl"])
+def policy(request, make_policy, policy_cfg_with):
+    """The tiny fp32 policy with LoRA, TRL's fused LM head on the base model, and the group-prefix keyword."""
+    model, processor = make_policy(policy_cfg_with({"name_or_path": f"tiny:{request.param}"}))
+    add_fused_lm_head(model.get_base_model(), temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
+    install_group_prefix(model)
+    model.eval()
+    return model, processor
+
+
+@pytest.fixture
+def prefix_rows(monkeypatch):
+    """How many distinct prompts each group-prefix pass ran (one entry per pass)."""
+    calls = []
+    original = group_prefix.run_prefix
+
+    def spy(inner, input_ids, *args, **kwargs):
+        calls.append(input_ids.shape[0])
+        return original(inner, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(group_prefix, "run_prefix", spy)
+    return calls
+
+
+def lora_grads(model) -> torch.Tensor:
+    grads = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad])
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def token_weights(batch: dict) -> torch.Tensor:
+    """Fixed per-token loss weights (advantage-like), so gradients of every token's log-prob count."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch["input_ids"].shape[0], batch["logits_to_keep"], generator=generator)
+
+
+def plain_pass(model, batch: dict, weights: torch.Tensor):
+    """TRL's path: every row in full through the fused LM head, labels only on the completion."""
+    keep = batch["logits_to_keep"]
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels[:, :-keep] = -100
+    out = model(**{k: batch[k] for k in INPUT_KEYS}, labels=labels, fused_lm_head=True)
+    logps, entropy = out.log_probs[:, -keep:], out.entropy[:, -keep:]
+    (logps * weights).sum().backward()
+    return logps.detach(), entropy.detach(), lora_grads(model)
+
+
+def group_pass(model, batch: dict, weights: torch.Tensor, **knobs):
+    spec = {"logits_to_keep": batch["logits_to_keep"], "num_images": batch["num_images"],
+            "temperature": TEMPERATURE, "compute_entropy": True, **knobs}
+    out = model(**{k: batch[k] for k in INPUT_KEYS}, coz_group_prefix=spec)
+    (out.log_probs * weights).sum().backward()
+    return out.log_probs.detach(), out.entropy.detach(), lora_grads(model)
+
+
+def assert_same_as_plain(model, batch: dict, prefix_rows: list, groups: int) -> None:
+    weights = token_weights(batch)
+    ref_logps, ref_entropy, ref_grads = plain_pass(model, batch, weights)
+    logps, entropy, grads = group_pass(model, batch, weights)
+    assert prefix_rows == [groups]  # one prompt pass per group, not per row
+    assert logps.shape == ref_logps.shape == (batch["input_ids"].shape[0], batch["logits_to_keep"])
+    assert rel_err(logps, ref_logps) < 1e-5
+    assert rel_err(entropy, ref_entropy) < 1e-5
+    assert ref_grads.norm() > 0
+    assert grad_rel_err(grads, ref_grads) < 1e-4
+    # padding after a short completion: zero log-prob and entropy, as TRL's fused head gives
+    padding = batch["attention_mask"][:, -batch["logits_to_keep"]:] == 0
+    assert padding.any()
+    assert (logps[padding] == 0).all() and (entropy[padding] == 0).all()
+
+
+@pytest.mark.parametrize("image_sizes", [MIXED_SIZES, SAME_SIZES], ids=["different-prompt-lengths", "same-tokens"])
+@pytest.mark.parametrize("rows", ["grouped", "interleaved"])
+@pytest.mark.parametrize("policy", ["qwen2_5_vl", "qwen2_vl"], indirect=True)
+def test_group_prefix_equals_trl_path(policy, make_batch, shuffle_rows, prefix_rows, image_sizes, rows):
+    model, processor = policy
+    batch = make_batch(processor, groups=2, per_group=3, max_completion=6, image_sizes=image_sizes)
+    prompt_ids = batch["input_ids"][:, :-batch["logits_to_keep"]]
+    if image_sizes is MIXED_SIZES:
+        assert (batch["attention_mask"][3:, 0] == 0).all()  # the second group is left-padded
+    else:
+        assert torch.equal(prompt_ids[0], prompt_ids[3])  # groups told apart by their pixels only
+    lengths = batch["attention_mask"][:, -batch["logits_to_keep"]:].sum(1)
+    assert len(set(lengths.tolist())) > 1  # ragged completions
+    if rows == "interleaved":
+        batch = shuffle_rows(batch, [3, 0, 4, 1, 5, 2])
+        assert batch["images"][0] is not batch["images"][1]  # neighbouring rows from different groups
+    assert_same_as_plain(model, batch, prefix_rows, groups=2)
+
+
+def test_group_prefix_with_a_single_completion_token(policy, make_batch, prefix_rows):
+    model, processor = policy
+    batch = make_batch(processor, groups=2, per_group=2, max_completion=1, image_sizes=MIXED_SIZES)
+    assert batch["logits_to_keep"] == 1 and batch["attention_mask"][:, -1].all()
+    weights = token_weights(batch)
+    ref_logps, ref_entropy, ref_grads = plain_pass(model, batch, weights)
+    logps, entropy, grads = group_pass(model, batch, weights)
+    assert prefix_rows == [2]
+    assert logps.shape == (4, 1)
+    assert rel_err(logps, ref_logps) < 1e-5
+    assert rel_err(entropy, ref_entropy) < 1e-5
+    assert grad_rel_err(grads, ref_grads) < 1e-4
+
+
+def test_wrong_positions_or_a_cut_gradient_are_caught(policy, make_batch):
+    """Negative controls: the comparison above does see a one-off M-RoPE position and a detached prompt cache."""
+    model, processor = policy
+    batch = make_batch(processor, groups=2, per_group=3, max_completion=6, image_sizes=MIXED_SIZES)
+    weights = token_weights(batch)
+    ref_logps, _, ref_grads = plain_pass(model, batch, weights)
+
+    shifted_logps, _, _ = group_pass(model, batch, weights, position_offset=1)
+    assert rel_err(shifted_logps, ref_logps) > 1e-2
+
+    detached_logps, _, detached_grads = group_pass(model, batch, weights, detach_cache=True)
+    assert rel_err(detached_logps, ref_logps) < 1e-5  # the forward is right ...
+    assert grad_rel_err(detached_grads, ref_grads) > 1e-2  # ... but the prompt's share of the gradient is lost
+
+
+def test_install_group_prefix_refuses_a_model_without_mrope():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    with pytest.raises(ValueError, match=r"perf\.group_prefix"):
+        install_group_prefix(LlamaForCausalLM(config))
