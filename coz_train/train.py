@@ -25,6 +25,7 @@ from coz_train.hub import resolve_model
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from coz_train.rewards import active_rewards, build_rewards
+from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
 from coz_train.wandb_setup import configure_wandb
 
@@ -78,9 +79,8 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
     if perf.vision_cache and not (cfg.policy.freeze_vision_tower and cfg.policy.freeze_projector):
         raise ValueError("perf.vision_cache=true needs a frozen vision tower and projector "
                          "(policy.freeze_vision_tower=true, policy.freeze_projector=true); set perf.vision_cache=false.")
-    if perf.critic_prefix and cfg.critic.backend != "hf":
-        raise ValueError(f"perf.critic_prefix works with critic.backend=hf, not '{cfg.critic.backend}'; "
-                         "set perf.critic_prefix=false.")
+    if any(name == "critic" for name, _, _ in active_rewards(cfg.rewards)):
+        critic_prefix_wanted(cfg)
 
 
 def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:

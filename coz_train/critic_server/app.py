@@ -335,7 +335,8 @@ class CriticServer:
         self.httpd = server_class((server.host, server.port), _Handler)  # bind first: a busy port fails fast
         self.httpd.app = self
         try:
-            self.critic = critic if critic is not None else HFCritic(cfg.critic, critic_device(cfg.critic.device))
+            self.critic = critic if critic is not None else HFCritic(
+                cfg.critic, critic_device(cfg.critic.device), shared_prefix=bool(cfg.perf.critic_prefix))
         except BaseException:
             self.httpd.server_close()
             raise

@@ -514,6 +514,18 @@ class CriticReward:
         return rewards
 
 
+def critic_prefix_wanted(cfg: DictConfig) -> bool:
+    """`perf.critic_prefix`, refused (before anything loads) for backends it cannot apply to."""
+    perf = cfg.get("perf")
+    wanted = bool(perf.get("critic_prefix", False)) if perf is not None else False
+    if wanted and cfg.critic.backend != "hf":
+        hint = (" (with critic.backend=server, start the critic server with perf.critic_prefix=true instead)"
+                if cfg.critic.backend == "server" else "")
+        raise ValueError(f"perf.critic_prefix works with critic.backend=hf, not '{cfg.critic.backend}': "
+                         f"set perf.critic_prefix=false{hint}.")
+    return wanted
+
+
 @register("critic")
 def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward:
     critic = cfg.critic
@@ -521,11 +533,7 @@ def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward
         raise ValueError(f"critic.backend='{critic.backend}' is not one of {sorted(BACKENDS)}.")
     if critic.scoring not in ("generate", "logits"):
         raise ValueError(f"critic.scoring='{critic.scoring}' must be 'generate' or 'logits'.")
-    perf = cfg.get("perf")
-    shared_prefix = bool(perf.get("critic_prefix", False)) if perf is not None else False
-    if shared_prefix and critic.backend != "hf":
-        raise ValueError(f"perf.critic_prefix works with critic.backend=hf (this is critic.backend={critic.backend}); "
-                         "set perf.critic_prefix=false.")
+    shared_prefix = critic_prefix_wanted(cfg)
     if critic.backend == "server":
         backend = ServerCritic(critic)
         log.info("Critic %s at %s (%s scoring)", backend.model_name, backend.url, critic.scoring)

@@ -133,6 +133,31 @@ def test_logits_scores_match_the_in_process_critic(cfg, critic):
     assert BACKENDS["server"] is ServerCritic
 
 
+def test_server_with_critic_prefix_scores_like_the_plain_critic(cfg, critic):
+    images, texts = samples(1)
+    group = images * 4  # four candidates for one pair of images, as a GRPO group sends them
+    texts = ["fur", "bricks", "a red car on a wet street", "sky"]
+    local = critic.score(group, texts)
+    shared = copy.deepcopy(cfg)
+    shared.perf.critic_prefix = True
+    srv = CriticServer(server_cfg(shared), critic=None)  # loads its own critic, with the shared prefix
+    try:
+        srv.start()
+        assert srv.critic.shared_prefix
+        remote = client(cfg, srv.url, top_logprobs=-1).score(group, texts)
+        assert remote == pytest.approx(local, abs=1e-4)
+    finally:
+        srv.stop()
+
+
+def test_trainer_side_critic_prefix_with_a_server_points_to_the_server(cfg):
+    reward_cfg = copy.deepcopy(cfg)
+    reward_cfg.critic.backend, reward_cfg.critic.url = "server", "http://127.0.0.1:9"
+    reward_cfg.perf.critic_prefix = True
+    with pytest.raises(ValueError, match="start the critic server with perf.critic_prefix=true"):
+        build_critic_reward({}, reward_cfg)
+
+
 def test_expected_score_from_top_logprobs():
     import math
 
