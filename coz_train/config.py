@@ -156,6 +156,7 @@ class BenchConfig:
     warmup: int | None = None  # untimed runs per measurement (default: real 1, tiny 1)
     reps: int | None = None  # timed runs, median reported (default: real 3, tiny 2)
     check: bool = True  # equality checks of every optimised phase against the plain one (float32)
+    static_cache: bool = False  # also time the fast rollout with a static KV cache (compiled decode on a GPU)
     out: str = "bench.json"  # relative to the run folder
 
 

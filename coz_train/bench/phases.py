@@ -101,9 +101,9 @@ def params_of(module: torch.nn.Module) -> int:
 class Bench:
     """Models, batch and device of one benchmark run; one method per phase."""
 
-    def __init__(self, dev: Device, shape: Shape, processor: Any, batch: dict, policy: Any, critic: Any = None):
+    def __init__(self, dev: Device, shape: Shape, processor: Any, batch: dict, policy: Any, static_cache: bool = False):
         self.dev, self.shape, self.processor, self.batch = dev, shape, processor, batch
-        self.policy, self.critic = policy, critic
+        self.policy, self.static_cache = policy, static_cache
         self.n = shape.groups * shape.generations
         self.keep = shape.new_tokens
         inner = unwrap(policy)
@@ -200,10 +200,28 @@ class Bench:
         floor = ((self.keep - 1) * decode_bytes / self.dev.bandwidth
                  + self.flops_floor(self.lm_params, prompt_tokens) + self.vision_floor())
         tokens = self.n * self.keep
-        return dict(plain=dict(t_plain, tok_per_s=tokens / t_plain["s"]), fast=dict(t_fast, tok_per_s=tokens / t_fast["s"]),
-                    floor_s=floor, check=dict(next_token_logits_rel_err=err, passed=err < 1e-5,
-                                              greedy_token_agreement=agree),
-                    work=dict(new_tokens=tokens, decode_steps=self.keep, decode_weight_GB=decode_bytes / 1e9))
+        result = dict(plain=dict(t_plain, tok_per_s=tokens / t_plain["s"]), fast=dict(t_fast, tok_per_s=tokens / t_fast["s"]),
+                      floor_s=floor, check=dict(next_token_logits_rel_err=err, passed=err < 1e-5,
+                                                greedy_token_agreement=agree),
+                      work=dict(new_tokens=tokens, decode_steps=self.keep, decode_weight_GB=decode_bytes / 1e9))
+        if self.static_cache:
+            result["fast_static"] = self.static_rollout(fast, inputs, sample, tokens)
+        return result
+
+    def static_rollout(self, fast: Callable[..., Any], inputs: dict, sample: dict, tokens: int) -> dict:
+        """The fast rollout with a static KV cache (`grpo.generation_kwargs={cache_implementation: static}`);
+        on a GPU, transformers compiles the decode step (CUDA graphs). The first call pays the compilation."""
+        static = dict(sample, cache_implementation="static")
+        try:
+            with torch.no_grad():
+                start = time.perf_counter()
+                fast(inputs, static)
+                self.dev.sync()
+                first = time.perf_counter() - start
+                timing = self.run(lambda: fast(inputs, static))
+            return dict(timing, tok_per_s=tokens / timing["s"], first_call_s=first)
+        except Exception as err:  # compilation trouble must not cost the other measurements
+            return {"error": f"{type(err).__name__}: {err}"}
 
     def logps(self) -> dict:
         """Reference log-probs (adapters off, no gradients), one group per micro-batch."""

@@ -79,7 +79,7 @@ def run_bench(cfg: DictConfig) -> dict:
     for name in [p for p in wanted if p != "critic"]:
         if runner is None:
             policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
-            runner = ph.Bench(dev, shape, processor, batch, policy)
+            runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache)
         run_phase(result, name, getattr(runner, name), out)
     result["step"] = step_summary(result["phases"], bench.size)
     write(result, out)

@@ -46,6 +46,14 @@ def test_selected_phases_only(tmp_path):
     assert list(result["phases"]) == ["vision"] and result["step"] is None
 
 
+def test_static_cache_rollout_is_timed_beside_the_fast_one(tmp_path):
+    done = bench(tmp_path, "bench.reps=1", "bench.warmup=0", "bench.phases=[rollout]", "bench.static_cache=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rollout = json.loads((tmp_path / "bench.json").read_text())["phases"]["rollout"]
+    assert rollout["fast_static"]["s"] > 0 and rollout["fast_static"]["first_call_s"] > 0
+    assert "fast_static" in done.stdout
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("bench.phases=[vision,warp]", "bench.phases: unknown ['warp']"),
     ("bench.size=huge", "bench.size='huge'"),
