@@ -133,6 +133,7 @@ class RewardFailureConfig:
 class PerfConfig:
     """Speed switches (docs/performance.md). Each keeps the training result of the plain path (all false)."""
 
+    image_cache: bool = False  # CPU preprocessing (resize, patchify) once per distinct image, for policy and critic
     vision_cache: bool = False  # frozen vision tower: each distinct image is encoded once, reused by every pass
     vision_cache_images: int = 64  # images kept across steps (least recently used are dropped)
     group_prefix: bool = False  # log-prob and training passes: each group's prompt runs once, its KV cache shared
@@ -146,7 +147,7 @@ class BenchConfig:
     """`python -m coz_train.bench`: one GRPO step's phases, plain against perf switches (docs/performance.md)."""
 
     size: str = "tiny"  # tiny (CPU, seconds) | real (Qwen2.5-VL-3B policy + 7B critic architectures, GPU)
-    phases: list[str] = field(default_factory=lambda: ["vision", "rollout", "critic", "logps", "train"])
+    phases: list[str] = field(default_factory=lambda: ["preprocess", "vision", "rollout", "critic", "logps", "train"])
     device: str = "auto"  # auto: the GPU if there is one | cpu | cuda:N
     dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU | bfloat16 | float32
     groups: int | None = None  # prompts per step (default: real 8, tiny 2)

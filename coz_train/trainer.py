@@ -1,5 +1,7 @@
 """TRL's GRPOTrainer with the `perf.*` switches (docs/performance.md); all off = TRL's own path.
 
+- `image_cache`: the processor resizes and patchifies each distinct image once
+  (`coz_train.perf.image_cache`); TRL preprocesses every expanded prompt twice per step.
 - `vision_cache`: the policy's frozen vision tower encodes each distinct image once, for rollouts,
   old/reference log-probs and training alike (`coz_train.perf.vision_cache`).
 - `group_prefix`: log-prob passes (old, reference, training) run each group's prompt once and only
@@ -22,6 +24,7 @@ import torch
 from trl import GRPOTrainer
 
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
+from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.vision_cache import install_vision_cache
 
 log = logging.getLogger(__name__)
@@ -101,9 +104,11 @@ class CozGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.perf = perf
         self.vision_caches: list = []
+        self.image_cache = None
         if perf is None:
             return
         models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
+        self.image_cache = install_image_cache(self.processing_class) if perf.image_cache else None
         if perf.vision_cache:
             self.vision_caches = [install_vision_cache(m, perf.vision_cache_images) for m in models]
         if perf.group_prefix:

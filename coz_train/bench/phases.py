@@ -20,6 +20,8 @@ import torch
 
 from coz_train.bench.workload import Shape, rows
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
+from coz_train.perf import image_cache
+from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.vision_cache import VisionFeatureCache, install_vision_cache, uninstall_vision_cache
 from coz_train.trainer import merged_adapters
@@ -362,3 +364,45 @@ def _rows(encoded: Any) -> tuple[list, list]:
     mask = encoded["attention_mask"].bool()
     ids, mm = encoded["input_ids"], encoded["mm_token_type_ids"]
     return [ids[r][mask[r]] for r in range(ids.shape[0])], [mm[r][mask[r]] for r in range(ids.shape[0])]
+
+
+def preprocess_phase(cfg: Any, processors: tuple, batch: dict, dev: Device, shape: Shape) -> dict:
+    """CPU preprocessing of one step, as TRL and the critic do it: the policy prompts tokenized for
+    generation, again for the log-prob inputs, and the critic's conversations. `processors` holds
+    four processors: policy and critic for the plain path, policy and critic for the cached one."""
+    from coz_train.rewards.critic import instruction_text
+
+    prompts, images = batch["prompts"], batch["images"]
+    conversations = [[{"role": "user", "content": [*({"type": "image", "image": im} for im in row),
+                                                     {"type": "text", "text": instruction_text(cfg.critic, text)}]}]
+                     for row, text in zip(images, batch["completion_text"], strict=True)]
+
+    def step(policy: Any, critic: Any) -> list:
+        generation = policy.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+        text = policy.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
+        logps = policy(images=images, text=text, padding=True, return_tensors="pt")
+        critic_inputs = critic.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt", padding=True)
+        return [generation, logps, critic_inputs]
+
+    plain_policy, plain_critic, fast_policy, fast_critic = processors
+    caches = [install_image_cache(fast_policy), install_image_cache(fast_critic)]
+
+    def fast() -> list:
+        image_cache._DIGESTS.clear()
+        for cache in caches:  # each step meets new images: start from empty caches
+            cache.clear()
+        return step(fast_policy, fast_critic)
+
+    t_plain = timed(dev, lambda: step(plain_policy, plain_critic), shape.warmup, shape.reps)
+    t_fast = timed(dev, fast, shape.warmup, shape.reps)
+    same = all(
+        torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
+        for a, b in zip(step(plain_policy, plain_critic), fast(), strict=True) for key in a
+    )
+    n_images = sum(len(row) for row in images)
+    return dict(plain=dict(t_plain, images_per_s=3 * n_images / t_plain["s"]),
+                fast=dict(t_fast, images_per_s=3 * n_images / t_fast["s"]),
+                floor_s=0.0, check=dict(outputs_bit_identical=same, passed=same),
+                work=dict(calls=3, images_per_call=n_images, distinct_images=2 * shape.groups,
+                          torch_threads=torch.get_num_threads()))

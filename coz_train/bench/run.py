@@ -18,7 +18,7 @@ from coz_train.bench.workload import SIZES, build_model, grpo_batch, processor_f
 
 log = logging.getLogger(__name__)
 
-PHASES = ("vision", "rollout", "critic", "logps", "train")
+PHASES = ("preprocess", "vision", "rollout", "critic", "logps", "train")
 
 
 def device_and_dtype(bench: DictConfig) -> tuple[torch.device, torch.dtype]:
@@ -69,14 +69,18 @@ def run_bench(cfg: DictConfig) -> dict:
     result: dict[str, Any] = {"meta": meta(cfg, shape, dev, batch), "phases": {}}
     log.info("bench %s on %s (%s): %s", bench.size, result["meta"]["device_name"], dtype, result["meta"]["shape"])
     spec = SIZES[bench.size]
-    wanted = [p for p in PHASES if p in bench.phases]  # the critic first: it is freed before the policy trains
+    # CPU preprocessing first, then the critic (freed before the policy trains), then the policy phases
+    wanted = [p for p in PHASES if p in bench.phases]
     runner = None
+    if "preprocess" in wanted:
+        processors = tuple(processor_for(shape) for _ in range(4))
+        run_phase(result, "preprocess", lambda: ph.preprocess_phase(cfg, processors, batch, dev, shape), out)
     if "critic" in wanted:
         run_phase(result, "critic", lambda: ph.critic_phase(cfg, spec["critic"], processor, batch, dev, shape), out)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for name in [p for p in wanted if p != "critic"]:
+    for name in [p for p in wanted if p not in ("preprocess", "critic")]:
         if runner is None:
             policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
             runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache)

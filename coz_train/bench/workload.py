@@ -105,8 +105,9 @@ def grpo_batch(processor: Any, groups: int = 2, per_group: int = 3, max_completi
     for g in range(groups):
         imgs = images(seed * 100 + g, image_sizes[g] if image_sizes else ((112, 112), (56, 84)))
         for _ in range(per_group):
-            prompts.append(prepare_multimodal_messages(zoom_prompt(), images=imgs))
-            all_images.append(imgs)
+            row = [image.copy() for image in imgs]  # each row decoded on its own, as dataset rows are
+            prompts.append(prepare_multimodal_messages(zoom_prompt(), images=row))
+            all_images.append(row)
     processor.tokenizer.padding_side = "left"
     enc = processor.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True,
                                         return_tensors="pt", padding=True)

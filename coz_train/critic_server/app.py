@@ -337,6 +337,10 @@ class CriticServer:
         try:
             self.critic = critic if critic is not None else HFCritic(
                 cfg.critic, critic_device(cfg.critic.device), shared_prefix=bool(cfg.perf.critic_prefix))
+            if critic is None and cfg.perf.image_cache:
+                from coz_train.perf.image_cache import install_image_cache
+
+                install_image_cache(self.critic.processor)
         except BaseException:
             self.httpd.server_close()
             raise

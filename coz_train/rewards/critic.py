@@ -540,6 +540,10 @@ def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward
     else:
         extra = {"shared_prefix": True} if shared_prefix else {}
         backend = BACKENDS[critic.backend](critic, critic_device(critic.device), **extra)
+        if critic.backend == "hf" and cfg.get("perf") is not None and cfg.perf.get("image_cache", False):
+            from coz_train.perf.image_cache import install_image_cache
+
+            install_image_cache(backend.processor)
         log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
                  ", shared prefix" if shared_prefix else "")
     return CriticReward(backend, critic.score_max, critic.batch_size)
