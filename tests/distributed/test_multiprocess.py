@@ -15,11 +15,11 @@ DRIVER = Path(__file__).with_name("rank_driver.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def launch(tmp_path, *launch_args, timeout=900):
+def launch(tmp_path, *launch_args, timeout=900, overrides=()):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", *launch_args, str(DRIVER), str(tmp_path)],
+         "--mixed_precision", "no", "--dynamo_backend", "no", *launch_args, str(DRIVER), str(tmp_path), *overrides],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
@@ -67,3 +67,37 @@ def test_deepspeed_zero3_leaves_the_critic_whole(tmp_path):
     run = launch(tmp_path, "--config_file", str(REPO / "recipes" / "accelerate_configs" / "zero3.yaml"),
                  timeout=1200)
     check_two_ranks(tmp_path, run, zero_stage=3)
+
+
+def test_ddp_perf_fast_trains_like_plain(tmp_path):
+    """Every perf switch under DDP: ranks agree, and the adapter is the plain run's (dropout off: deterministic)."""
+    runs = {}
+    for name in ("plain", "fast"):
+        out = tmp_path / name
+        out.mkdir()
+        runs[name] = out
+        run = launch(out, "--multi_gpu", overrides=[f"perf={name}", "policy.lora.lora_dropout=0"])
+        check_two_ranks(out, run)
+    plain, fast = (torch.load(runs[name] / "adapter.rank0.pt") for name in ("plain", "fast"))
+    for key in plain:
+        torch.testing.assert_close(fast[key], plain[key], rtol=0, atol=1e-4)
+
+
+def test_deepspeed_zero3_with_the_shared_prefix_passes(tmp_path):
+    """ZeRO-3 gathers the sharded weights for the prefix and continuation passes; merging adapters is refused."""
+    pytest.importorskip("deepspeed", reason="install the `distributed` extra (deepspeed) to run ZeRO tests")
+    config = str(REPO / "recipes" / "accelerate_configs" / "zero3.yaml")
+    run = launch(tmp_path, "--config_file", config, timeout=1200,
+                 overrides=["perf=fast", "perf.merge_adapters_for_generation=false"])
+    check_two_ranks(tmp_path, run, zero_stage=3)
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--config_file", config, str(DRIVER), str(refused),
+         "perf=fast"],
+        capture_output=True, text=True, timeout=1200, env=env, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "perf.merge_adapters_for_generation does not work with ZeRO-3" in result.stdout + result.stderr
