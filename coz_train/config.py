@@ -140,6 +140,7 @@ class PerfConfig:
     group_batches: bool = False  # micro-batches hold whole groups (shuffled by group), so group_prefix pays in training
     critic_prefix: bool = False  # critic: the images + instruction prefix runs once per group (hf backend, Qwen-VL)
     merge_adapters_for_generation: bool = False  # rollouts with LoRA merged into the weights (restored bit for bit)
+    rollout_prefix: bool = False  # rollouts prefill each group's prompt once (KV cache repeated to the G rows)
 
 
 @dataclass

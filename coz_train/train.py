@@ -65,14 +65,14 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
     """The `perf` switches against the policy's architecture and freeze settings, before any weights load."""
     perf = cfg.perf
-    if perf.group_prefix or perf.vision_cache:
+    if perf.group_prefix or perf.vision_cache or perf.rollout_prefix:
         from transformers import AutoConfig
 
         from coz_train.perf.prefix import SUPPORTED_MODEL_TYPES
 
         model_type = AutoConfig.from_pretrained(
             policy_path, revision=cfg.policy.revision, trust_remote_code=cfg.policy.trust_remote_code).model_type
-        switch = "perf.group_prefix" if perf.group_prefix else "perf.vision_cache"
+        switch = next(f"perf.{name}" for name in ("group_prefix", "vision_cache", "rollout_prefix") if perf[name])
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"{switch}=true supports Qwen2-VL / Qwen2.5-VL policies; {cfg.policy.name_or_path} is "
                              f"'{model_type}'. Set {switch}=false.")

@@ -10,6 +10,8 @@
   rows); the shuffle draws the same random numbers, so everything after it is unchanged.
 - `merge_adapters_for_generation`: rollouts run with the LoRA merged into the base weights; the
   weights are restored bit for bit afterwards.
+- `rollout_prefix`: rollouts prefill each distinct prompt once and start the G rows from its
+  repeated KV cache (`coz_train.perf.rollout_prefix`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from trl import GRPOTrainer
 
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
+from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import install_vision_cache
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class CozGRPOTrainer(GRPOTrainer):
         self.perf = perf
         self.vision_caches: list = []
         self.image_cache = None
+        self.rollout_prefix = None
         if perf is None:
             return
         models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
@@ -114,6 +118,8 @@ class CozGRPOTrainer(GRPOTrainer):
         if perf.group_prefix:
             for m in models:
                 install_group_prefix(m)
+        if perf.rollout_prefix:
+            self.rollout_prefix = install_rollout_prefix(self.model)
         if perf.merge_adapters_for_generation:
             from peft import PeftModel
 

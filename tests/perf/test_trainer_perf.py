@@ -208,6 +208,8 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     assert counts["plain"] == {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0}
     assert all(v > 0 for v in counts["fast"].values()), counts["fast"]
     assert plain_trainer.vision_caches == [] and fast_trainer.vision_caches[0].hits > 0
+    assert plain_trainer.image_cache is None and fast_trainer.image_cache.hits > 0
+    assert plain_trainer.rollout_prefix is None and fast_trainer.rollout_prefix.calls == 3  # one per step
 
     assert len(rewards["plain"]) == 3 and rewards["fast"] == rewards["plain"]
     assert adapters["fast"].keys() == adapters["plain"].keys()

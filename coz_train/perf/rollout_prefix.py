@@ -1,0 +1,85 @@
+"""Rollouts with each group's prompt prefilled once (`perf.rollout_prefix`).
+
+TRL generates on the B x G expanded prompts, so the prefill runs every prompt G times. Here the
+model's `generate` first runs each distinct prompt once, all but its last token
+(`coz_train.perf.prefix.run_prefix`), repeats that KV cache to the rows, sets the rows' M-RoPE
+deltas, and hands transformers' `generate` the full prompts with that cache: generation then
+starts from the last prompt token, as a continued generation does, and samples exactly as
+before (same logits up to float rounding, same random draws).
+
+It steps aside (plain `generate`) for calls it does not cover: no images, a cache already given,
+`num_return_sequences` > 1, or a generation config with a cache implementation of its own
+(static caches allocate their own storage).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import Any
+
+import torch
+
+from coz_train.perf.group_prefix import per_sample_images
+from coz_train.perf.prefix import check_supported, group_owner, repeat_cache, run_prefix
+
+
+class RolloutPrefix:
+    def __init__(self, inner: Any, original: Any):
+        self.inner, self.original = inner, original
+        self.enabled = True
+        self.calls = 0  # generations that went through the shared prefill
+
+    def covers(self, kwargs: dict) -> bool:
+        config = kwargs.get("generation_config")
+        options = [getattr(config, "num_return_sequences", 1), kwargs.get("num_return_sequences", 1)]
+        cache_implementation = kwargs.get("cache_implementation") or getattr(config, "cache_implementation", None)
+        return (self.enabled and kwargs.get("input_ids") is not None and kwargs.get("attention_mask") is not None
+                and kwargs.get("pixel_values") is not None and kwargs.get("image_grid_thw") is not None
+                and kwargs.get("cache") is None and kwargs.get("past_key_values") is None
+                and all((n or 1) == 1 for n in options) and cache_implementation is None
+                and kwargs["input_ids"].shape[1] > 1)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        if args or not self.covers(kwargs):
+            return self.original(*args, **kwargs)
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        mm = kwargs.get("mm_token_type_ids")
+        n, length = ids.shape
+        pixels, grids = per_sample_images(kwargs["pixel_values"], kwargs["image_grid_thw"], None, n)
+        real = [tuple(row[m.bool()].tolist()) for row, m in zip(ids.cpu(), mask.cpu(), strict=True)]
+
+        def same(i: int, j: int) -> bool:
+            return torch.equal(grids[i], grids[j]) and torch.equal(pixels[i], pixels[j])
+
+        owner, reps = group_owner(real, same)
+        owner = owner.to(ids.device)
+        head = length - 1  # the last prompt token is left to generate's first forward
+        prefix = run_prefix(
+            self.inner, ids[reps, :head], mask[reps, :head],
+            mm_token_type_ids=None if mm is None else mm[reps, :head],
+            pixel_values=torch.cat([pixels[r] for r in reps]), image_grid_thw=torch.cat([grids[r] for r in reps]),
+        )
+        repeat_cache(prefix.cache, owner)
+        # the full prompt's rope delta: its last token sits at the prefix's next position
+        self.inner.model.rope_deltas = (prefix.next_position[owner] + 1 - mask.sum(dim=1)).unsqueeze(1)
+        rest = {k: v for k, v in kwargs.items() if k not in ("pixel_values", "image_grid_thw")}
+        self.calls += 1
+        return self.original(**rest, cache=prefix.cache)
+
+
+def install_rollout_prefix(model: Any) -> RolloutPrefix:
+    """Route the model's `generate` through the shared prefill; returns the switch (`.enabled`)."""
+    inner = check_supported(model, "perf.rollout_prefix")
+    existing = getattr(inner, "_coz_rollout_prefix", None)
+    if existing is not None:
+        return existing
+    handle = RolloutPrefix(inner, inner.generate)
+
+    @functools.wraps(type(inner).generate)
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return handle.generate(*args, **kwargs)
+
+    inner.generate = types.MethodType(generate, inner)
+    inner._coz_rollout_prefix = handle
+    return handle

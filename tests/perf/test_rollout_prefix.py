@@ -1,0 +1,87 @@
+"""perf.rollout_prefix: rollouts from a once-per-group prefill sample exactly what plain `generate` samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coz_train.perf.rollout_prefix import install_rollout_prefix
+
+SIZES = [((112, 112), (56, 84)), ((56, 56), (56, 56))]  # two groups, different prompt lengths (left padding)
+
+
+def prompt_inputs(batch):
+    cut = batch["input_ids"].shape[1] - batch["logits_to_keep"]
+    return dict(input_ids=batch["input_ids"][:, :cut], attention_mask=batch["attention_mask"][:, :cut],
+                pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                mm_token_type_ids=batch["mm_token_type_ids"][:, :cut])
+
+
+def rollouts(model, handle, inputs, enabled, seed=3, **options):
+    handle.enabled = enabled
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=8, output_logits=True, return_dict_in_generate=True,
+                              pad_token_id=0, **options)
+
+
+@pytest.fixture(scope="module")
+def setup(smoke_policy_cfg):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from policy_batch import tiny_policy
+
+    from coz_train.bench.workload import grpo_batch
+
+    model, processor = tiny_policy(smoke_policy_cfg)
+    model.eval()
+    batch = grpo_batch(processor, groups=2, per_group=3, max_completion=4, image_sizes=SIZES)
+    return model, install_rollout_prefix(model), prompt_inputs(batch)
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_same_rollouts_as_plain_generate(setup, sample):
+    model, handle, inputs = setup
+    before = handle.calls
+    plain = rollouts(model, handle, inputs, enabled=False, do_sample=sample)
+    shared = rollouts(model, handle, inputs, enabled=True, do_sample=sample)
+    assert handle.calls == before + 1
+    assert torch.equal(plain.sequences, shared.sequences)  # same logits, same random draws
+    a, b = torch.stack(plain.logits), torch.stack(shared.logits)
+    assert ((a - b).abs().max() / a.abs().max()) < 1e-5
+
+
+def test_a_wrong_rope_delta_changes_the_rollouts(setup, monkeypatch):
+    """Negative control: continue one position too far and the first generated step's logits move."""
+    model, handle, inputs = setup
+    import coz_train.perf.rollout_prefix as module
+
+    plain = rollouts(model, handle, inputs, enabled=False, do_sample=False)
+    original = module.run_prefix
+
+    def shifted(*args, **kwargs):
+        return original(*args, **kwargs, position_offset=1)
+
+    monkeypatch.setattr(module, "run_prefix", shifted)
+    wrong = rollouts(model, handle, inputs, enabled=True, do_sample=False)
+    a, b = plain.logits[0], wrong.logits[0]
+    assert ((a - b).abs().max() / a.abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("options", [dict(num_return_sequences=2, do_sample=True), dict(cache_implementation="static")])
+def test_steps_aside_for_calls_it_does_not_cover(setup, options):
+    model, handle, inputs = setup
+    before = handle.calls
+    rollouts(model, handle, inputs, enabled=True, **options)
+    assert handle.calls == before
+
+
+def test_text_only_calls_go_to_plain_generate(setup):
+    model, handle, inputs = setup
+    before = handle.calls
+    rollouts(model, handle, dict(input_ids=inputs["input_ids"][:, -5:], attention_mask=inputs["attention_mask"][:, -5:]),
+             enabled=True, do_sample=False)
+    assert handle.calls == before
+    assert install_rollout_prefix(model) is handle  # installed once
