@@ -7,26 +7,26 @@
 - `group_prefix`: log-prob passes (old, reference, training) run each group's prompt once and only
   the completions per row (`coz_train.perf.group_prefix`).
 - `group_batches`: the generation batch is split into micro-batches of whole groups (TRL shuffles
-  rows); the shuffle draws the same random numbers, so everything after it is unchanged.
-- `merge_adapters_for_generation`: rollouts run with the LoRA merged into the base weights; the
-  weights are restored bit for bit afterwards.
+  rows; `coz_train.perf.group_batches`).
+- `merge_adapters_for_generation`: rollouts run with the LoRA merged into the base weights, restored
+  bit for bit afterwards (`coz_train.perf.merge`).
 - `rollout_prefix`: rollouts prefill each distinct prompt once and start the G rows from its
   repeated KV cache (`coz_train.perf.rollout_prefix`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
 import torch
 from trl import GRPOTrainer
 
+from coz_train.perf.group_batches import group_shuffle
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
+from coz_train.perf.merge import merged_adapters
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import install_vision_cache
 
@@ -34,72 +34,6 @@ log = logging.getLogger(__name__)
 
 _TRL_IMAGE_FREE_KWARGS = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
                           "image_position_ids")
-
-
-def group_runs(prompt_ids: torch.Tensor, pixel_values: Any = None) -> list[list[int]]:
-    """Runs of adjacent rows with the same prompt (tokens and, when given per row, pixels): the groups."""
-    runs: list[list[int]] = []
-    for row in range(prompt_ids.shape[0]):
-        if runs:
-            prev = runs[-1][0]
-            same = torch.equal(prompt_ids[prev], prompt_ids[row])
-            if same and isinstance(pixel_values, list):
-                same = torch.equal(pixel_values[prev], pixel_values[row])
-            if same:
-                runs[-1].append(row)
-                continue
-        runs.append([row])
-    return runs
-
-
-def group_shuffle(seq_dict: dict[str, Any]) -> dict[str, Any]:
-    """Shuffle groups, keeping each group's rows together, with the same random draw as TRL's row shuffle.
-
-    TRL draws `torch.randperm(rows)`; the groups are ordered by where their first row lands in that
-    permutation, so the generator state afterwards is the one the plain path leaves.
-    """
-    rows = len(next(v for v in seq_dict.values() if v is not None))
-    permutation = torch.randperm(rows)
-    runs = group_runs(seq_dict["prompt_ids"], seq_dict.get("pixel_values"))
-    rank = torch.empty(rows, dtype=torch.long)
-    rank[permutation] = torch.arange(rows)
-    order = sorted(range(len(runs)), key=lambda g: int(rank[runs[g][0]]))
-    index = torch.tensor([row for g in order for row in runs[g]], dtype=torch.long)
-
-    def permute(value: Any) -> Any:
-        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
-            return value
-        if isinstance(value, torch.Tensor):
-            return value[index.to(value.device)]
-        return [value[i] for i in index.tolist()]
-
-    return {key: permute(value) for key, value in seq_dict.items()}
-
-
-@contextlib.contextmanager
-def merged_adapters(model: Any) -> Iterator[None]:
-    """LoRA merged into the base weights inside the block; the base weights restored bit for bit after.
-
-    Unmerging subtracts the update again, which in bf16 does not give the old weights back, so the
-    touched base weights are copied before the merge and written back afterwards.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and m.active_adapters]
-    if not layers:
-        yield
-        return
-    saved = [(layer.get_base_layer().weight, layer.get_base_layer().weight.detach().clone()) for layer in layers]
-    for layer in layers:
-        layer.merge(adapter_names=list(layer.active_adapters))
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.unmerge()
-        with torch.no_grad():
-            for weight, copy in saved:
-                weight.copy_(copy)
 
 
 class CozGRPOTrainer(GRPOTrainer):

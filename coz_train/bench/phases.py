@@ -22,10 +22,10 @@ from coz_train.bench.workload import Shape, rows
 from coz_train.perf import image_cache
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
+from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import VisionFeatureCache, install_vision_cache, uninstall_vision_cache
-from coz_train.trainer import merged_adapters
 
 
 @dataclass

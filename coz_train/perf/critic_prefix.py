@@ -29,6 +29,16 @@ from coz_train.perf.prefix import Prefix, check_supported, group_owner, repeat_c
 
 
 @dataclass
+class Generation:
+    """Greedy continuations of a batch: new token ids per row (up to and including the first EOS)."""
+
+    tokens: list[list[int]]
+    finished: list[bool]  # the row stopped at an end-of-sequence token
+    logits: list[torch.Tensor] | None  # per row [len(tokens), vocab] raw float32 logits (output_logits)
+    prompt_tokens: list[int]
+
+
+@dataclass
 class SharedBatch:
     """A batch after its prefix and suffix passes, ready to read logits or to decode further."""
 
@@ -243,7 +253,6 @@ def generate(model: Any, encoded: Any, conversations: list[list[dict]], max_new_
              eos_token_ids: set[int], pad_token_id: int, output_logits: bool = False,
              position_offset: int = 0) -> Any:
     """Greedy decoding on the shared-prefix cache; the same `Generation` as `HFCritic.generate`."""
-    from coz_train.rewards.critic import Generation
 
     inner = check_supported(model, "perf.critic_prefix")
     check_generation_config(inner.generation_config)

@@ -61,7 +61,6 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 
@@ -69,6 +68,8 @@ import torch
 from omegaconf import DictConfig
 
 from coz_train.hub import resolve_model
+from coz_train.perf import critic_prefix
+from coz_train.perf.critic_prefix import Generation
 from coz_train.perf.prefix import check_supported
 from coz_train.policy.load import load_processor, load_vlm, torch_dtype
 from coz_train.rewards.registry import register
@@ -103,16 +104,6 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-@dataclass
-class Generation:
-    """Greedy continuations of a batch: new token ids per row (up to and including the first EOS)."""
-
-    tokens: list[list[int]]
-    finished: list[bool]  # the row stopped at an end-of-sequence token
-    logits: list[torch.Tensor] | None  # per row [len(tokens), vocab] raw float32 logits (output_logits)
-    prompt_tokens: list[int]
 
 
 class HFCritic:
@@ -180,8 +171,6 @@ class HFCritic:
     def next_token_logits(self, conversations: list[list[dict]]) -> torch.Tensor:
         """Raw logits of the first answer token, [N, vocab] float32."""
         if self.shared_prefix:
-            from coz_train.perf import critic_prefix
-
             return critic_prefix.next_token_logits(self.model, self.encode(conversations), conversations,
                                                    self.processor.tokenizer.pad_token_id)
         return self.model(**self.encode(conversations)).logits[:, -1, :].float()
@@ -197,8 +186,6 @@ class HFCritic:
     def generate(self, conversations: list[list[dict]], max_new_tokens: int, output_logits: bool = False) -> Generation:
         """Greedy decoding of a batch; rows are cut after their first end-of-sequence token."""
         if self.shared_prefix:
-            from coz_train.perf import critic_prefix
-
             return critic_prefix.generate(self.model, self.encode(conversations), conversations, max_new_tokens,
                                           eos_token_ids=self.eos_token_ids,
                                           pad_token_id=self.processor.tokenizer.pad_token_id,

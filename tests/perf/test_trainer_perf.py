@@ -11,8 +11,9 @@ from trl.trainer.utils import shuffle_sequence_dict
 import coz_train.train as train_module
 from coz_train import trainer as trainer_module
 from coz_train.perf import group_prefix
+from coz_train.perf.group_batches import group_runs, group_shuffle
+from coz_train.perf.merge import merged_adapters
 from coz_train.train import build_trainer, train
-from coz_train.trainer import group_runs, group_shuffle, merged_adapters
 
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 GROUPS, G = 4, 3
