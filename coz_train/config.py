@@ -147,7 +147,7 @@ class PerfConfig:
 class BenchConfig:
     """`python -m coz_train.bench`: one GRPO step's phases, plain against perf switches (docs/performance.md)."""
 
-    size: str = "tiny"  # tiny (CPU, seconds) | real (Qwen2.5-VL-3B policy + 7B critic architectures, GPU)
+    size: str = "tiny"  # tiny (CPU, seconds) | mid (real widths, 2 layers) | real (3B policy + 7B critic, GPU)
     phases: list[str] = field(default_factory=lambda: ["preprocess", "vision", "rollout", "critic", "logps", "train"])
     device: str = "auto"  # auto: the GPU if there is one | cpu | cuda:N
     dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU | bfloat16 | float32

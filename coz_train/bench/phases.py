@@ -46,7 +46,7 @@ class Device:
 
 def measure_device(device: torch.device, dtype: torch.dtype) -> Device:
     """Matmul FLOP/s and copy bandwidth of this device, for the floors."""
-    n, nbytes = (8192, 2 << 30) if device.type == "cuda" else (768, 256 << 20)
+    n, nbytes = (8192, 2 << 30) if device.type == "cuda" else (1536, 256 << 20)
     probe = Device(device, dtype, 0.0, 0.0)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

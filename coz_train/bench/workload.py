@@ -2,7 +2,8 @@
 
 `real` is the paper's setting: a Qwen2.5-VL-3B policy with the paper's LoRA, a Qwen2.5-VL-7B
 critic, 8 prompts x 8 completions of 64 tokens, two 504-px images per prompt (324 image tokens
-each). `tiny` keeps the shapes' structure at CPU size. Nothing is downloaded: the tokenizer is the
+each). `mid` has the real widths and image size with two layers (a CPU check of every real
+shape); `tiny` keeps the shapes' structure at CPU size. Nothing is downloaded: the tokenizer is the
 offline one (`coz_train.tiny.tokenizer`), with the real vocabulary size in the `real` models.
 """
 
@@ -35,6 +36,17 @@ SIZES: dict[str, dict[str, Any]] = {
                               num_attention_heads=28, num_key_value_heads=4, mrope_section=[16, 24, 24]),
                     vision=dict(_VISION_REAL, out_hidden_size=3584), tie=False),
         groups=8, generations=8, new_tokens=64, image_size=504, warmup=1, reps=3,
+    ),
+    # the real widths, vocabularies and image size with two layers per tower and a small batch: every real
+    # shape on a CPU in a few minutes (timings meaningless)
+    "mid": dict(
+        policy=dict(text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=2,
+                              num_attention_heads=16, num_key_value_heads=2, mrope_section=[16, 24, 24]),
+                    vision=dict(_VISION_REAL, depth=2, fullatt_block_indexes=[1], out_hidden_size=2048), tie=True),
+        critic=dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=2,
+                              num_attention_heads=28, num_key_value_heads=4, mrope_section=[16, 24, 24]),
+                    vision=dict(_VISION_REAL, depth=2, fullatt_block_indexes=[1], out_hidden_size=3584), tie=False),
+        groups=2, generations=2, new_tokens=8, image_size=504, warmup=0, reps=1,
     ),
     "tiny": dict(
         policy=dict(text=dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
