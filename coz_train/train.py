@@ -76,6 +76,11 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"{switch}=true supports Qwen2-VL / Qwen2.5-VL policies; {cfg.policy.name_or_path} is "
                              f"'{model_type}'. Set {switch}=false.")
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":  # set by `accelerate launch` for ZeRO-3 configs
+        for switch in ("vision_cache", "merge_adapters_for_generation"):
+            if perf[switch]:
+                raise ValueError(f"perf.{switch} does not work with DeepSpeed ZeRO-3 (sharded weights): set "
+                                 f"perf.{switch}=false or use ZeRO-2.")
     if perf.vision_cache and not (cfg.policy.freeze_vision_tower and cfg.policy.freeze_projector):
         raise ValueError("perf.vision_cache=true needs a frozen vision tower and projector "
                          "(policy.freeze_vision_tower=true, policy.freeze_projector=true); set perf.vision_cache=false.")

@@ -26,7 +26,7 @@ from trl import GRPOTrainer
 from coz_train.perf.group_batches import group_shuffle
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
-from coz_train.perf.merge import merged_adapters
+from coz_train.perf.merge import kept_base_weights, merged_adapters
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import install_vision_cache
 
@@ -43,10 +43,17 @@ class CozGRPOTrainer(GRPOTrainer):
         self.vision_caches: list = []
         self.image_cache = None
         self.rollout_prefix = None
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        if self.use_vllm and not zero3:
+            self._keep_base_weights_in_vllm_sync()
         if perf is None:
             return
         models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
         self.image_cache = install_image_cache(self.processing_class) if perf.image_cache else None
+        if perf.vision_cache and zero3:
+            raise ValueError("perf.vision_cache does not work with ZeRO-3: a rank whose images are all cached would "
+                             "skip the vision tower's parameter gathers the other ranks wait for. Set "
+                             "perf.vision_cache=false or use ZeRO-2.")
         if perf.vision_cache:
             self.vision_caches = [install_vision_cache(m, perf.vision_cache_images) for m in models]
         if perf.group_prefix:
@@ -59,7 +66,7 @@ class CozGRPOTrainer(GRPOTrainer):
 
             if not isinstance(self.model, PeftModel):
                 raise ValueError("perf.merge_adapters_for_generation=true needs a LoRA policy (PEFT).")
-            if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            if zero3:
                 raise ValueError("perf.merge_adapters_for_generation does not work with ZeRO-3 (sharded weights); "
                                  "set it to false or use ZeRO-2.")
         if perf.group_batches:
@@ -69,6 +76,22 @@ class CozGRPOTrainer(GRPOTrainer):
                 raise RuntimeError("perf.group_batches: this TRL version has no shuffle_sequence_dict to replace; "
                                    "set perf.group_batches=false.")
         log.info("perf: %s", {k: v for k, v in dict(perf).items() if v})
+
+    def _keep_base_weights_in_vllm_sync(self) -> None:
+        """TRL's vLLM weight sync merges the LoRA into the live policy and unmerges it, which drifts bf16
+        base weights a little at every step; the sync runs with the base weights kept bit for bit."""
+        generation = getattr(self, "vllm_generation", None)
+        sync = getattr(generation, "sync_weights", None)
+        if sync is None:
+            log.warning("TRL's vLLM generation has no sync_weights here: base weights are not guarded across syncs.")
+            return
+        model = self.model
+
+        def guarded_sync(*args: Any, **kwargs: Any) -> Any:
+            with kept_base_weights(self.accelerator.unwrap_model(model)):
+                return sync(*args, **kwargs)
+
+        generation.sync_weights = guarded_sync
 
     def _prepare_inputs(self, generation_batch: Any) -> Any:
         if self.perf is None or not self.perf.group_batches:
@@ -110,7 +133,8 @@ class CozGRPOTrainer(GRPOTrainer):
             end = min(start + batch_size, input_ids.size(0))
             inputs: dict[str, Any] = {"input_ids": input_ids[start:end], "attention_mask": attention_mask[start:end]}
             spec = {"logits_to_keep": logits_to_keep, "temperature": self.temperature,
-                    "cast_lm_head_to_fp32": bool(self.args.cast_lm_head_to_fp32), "compute_entropy": compute_entropy}
+                    "cast_lm_head_to_fp32": bool(self.args.cast_lm_head_to_fp32), "compute_entropy": compute_entropy,
+                    "entropy_grad": bool(getattr(self, "_entropy_bonus_enabled", True))}
             if image_grid_thw is not None:
                 first, last = images_before[start], images_before[end]
                 inputs["pixel_values"] = pixel_values[rows_before[first]:rows_before[last]]

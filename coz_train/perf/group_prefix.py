@@ -9,7 +9,9 @@ position; completion token j sits at M-RoPE position `next_position + j`.
 
 Rows are grouped by content (equal prompt tokens and equal pixels), not by their order, so any
 batch layout is correct; `perf.group_batches` makes micro-batches hold whole groups so that the
-sharing pays in the training pass too.
+sharing pays in the training pass too. The shared passes run without gradient checkpointing (a
+checkpointed layer would write the KV cache again when recomputed); a micro-batch with nothing to
+share takes one ordinary pass over the full sequences, checkpointed as configured.
 
 `install_group_prefix(model)` adds a keyword to the model's forward: `model(..., coz_group_prefix=
 spec)` returns per-token `log_probs` and `entropy` of the last `spec["logits_to_keep"]` tokens,
@@ -31,6 +33,7 @@ from coz_train.perf.prefix import (
     check_supported,
     detach_cache,
     group_owner,
+    images_per_row,
     no_gradient_checkpointing,
     repeat_cache,
     run_continuation,
@@ -48,21 +51,22 @@ class GroupPrefixOutput(ModelOutput):
 
 
 def per_sample_images(pixel_values: torch.Tensor | None, image_grid_thw: torch.Tensor | None,
-                      num_images: list[int] | None, n: int) -> tuple[list, list]:
-    """Each row's pixel rows and grid rows (empty when the batch has no images)."""
+                      num_images: list[int], n: int) -> tuple[list, list]:
+    """Each row's pixel rows and grid rows (None when the batch has no images)."""
     if pixel_values is None or image_grid_thw is None:
         return [None] * n, [None] * n
-    if num_images is None:
-        if image_grid_thw.shape[0] % n:
-            raise ValueError(f"{image_grid_thw.shape[0]} images for {n} rows: pass num_images in {KWARG}.")
-        num_images = [image_grid_thw.shape[0] // n] * n
+    if len(num_images) != n or sum(num_images) != image_grid_thw.shape[0]:
+        raise ValueError(f"{KWARG}: {image_grid_thw.shape[0]} images do not split into rows holding {num_images}.")
     grids = list(torch.split(image_grid_thw, list(num_images)))
     rows = [int(g.prod(-1).sum()) for g in grids]
     return list(torch.split(pixel_values, rows)), grids
 
 
 def token_logps(inner: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                cast_lm_head_to_fp32: bool, compute_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cast_lm_head_to_fp32: bool, compute_entropy: bool,
+                entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of `targets` and (optionally) entropies at temperature, as TRL's fused LM head computes them.
+    Without `entropy_grad` the entropy is computed off the graph (it only feeds metrics and masks then)."""
     head = inner.get_output_embeddings()
     if cast_lm_head_to_fp32:
         if head.weight.numel() == 0:
@@ -76,7 +80,11 @@ def token_logps(inner: Any, hidden: torch.Tensor, targets: torch.Tensor, tempera
     logits = logits / temperature
     log_softmax = torch.log_softmax(logits, dim=-1)
     logps = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_softmax.exp() * log_softmax).sum(-1) if compute_entropy else None
+    entropy = None
+    if compute_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            source = log_softmax if entropy_grad else log_softmax.detach()
+            entropy = -(source.exp() * source).sum(-1)
     return logps, entropy
 
 
@@ -89,7 +97,10 @@ def group_prefix_forward(inner: Any, spec: dict, input_ids: torch.Tensor, attent
     if prompt_len < 1 or keep < 1:
         raise ValueError(f"{KWARG}: logits_to_keep={keep} must leave a prompt in sequences of length {length}.")
     prompt_ids, prompt_mask = input_ids[:, :prompt_len], attention_mask[:, :prompt_len]
-    pixels, grids = per_sample_images(pixel_values, image_grid_thw, spec.get("num_images"), n)
+    num_images = spec.get("num_images") or images_per_row(inner, prompt_ids, prompt_mask)
+    pixels, grids = per_sample_images(pixel_values, image_grid_thw, list(num_images), n)
+    options = (float(spec.get("temperature", 1.0)), bool(spec.get("cast_lm_head_to_fp32", False)),
+               bool(spec.get("compute_entropy")), bool(spec.get("entropy_grad", True)))
 
     real = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
 
@@ -99,6 +110,12 @@ def group_prefix_forward(inner: Any, spec: dict, input_ids: torch.Tensor, attent
         return torch.equal(grids[i], grids[j]) and torch.equal(pixels[i], pixels[j])
 
     owner, reps = group_owner([tuple(r) for r in real], same)
+    if len(reps) == n and not spec.get("position_offset") and not spec.get("detach_cache"):
+        # nothing to share: the full sequences in one ordinary pass, gradient checkpointing as configured
+        out = inner.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                          image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids)
+        hidden = out.last_hidden_state[:, prompt_len - 1 : -1]
+        return _output(inner, hidden, input_ids[:, prompt_len:], attention_mask[:, prompt_len:], options)
     owner = owner.to(input_ids.device)
     rep_pixels = [pixels[r] for r in reps if pixels[r] is not None]
     with no_gradient_checkpointing(inner):
@@ -118,9 +135,13 @@ def group_prefix_forward(inner: Any, spec: dict, input_ids: torch.Tensor, attent
             repeat_cache(prefix.cache, owner)
             rest = run_continuation(inner, prefix, owner, input_ids[:, prompt_len:-1], attention_mask[:, prompt_len:-1])
             hidden = torch.cat([hidden, rest], dim=1)
-    logps, entropy = token_logps(inner, hidden, input_ids[:, prompt_len:], float(spec.get("temperature", 1.0)),
-                                 bool(spec.get("cast_lm_head_to_fp32", False)), bool(spec.get("compute_entropy")))
-    mask = attention_mask[:, prompt_len:].to(logps.dtype)
+    return _output(inner, hidden, input_ids[:, prompt_len:], attention_mask[:, prompt_len:], options)
+
+
+def _output(inner: Any, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+            options: tuple) -> GroupPrefixOutput:
+    logps, entropy = token_logps(inner, hidden, targets, *options)
+    mask = mask.to(logps.dtype)
     return GroupPrefixOutput(log_probs=logps * mask, entropy=None if entropy is None else entropy * mask)
 
 

@@ -141,6 +141,12 @@ def run_continuation(inner: Any, prefix: Prefix, owner: torch.Tensor, input_ids:
     return out.last_hidden_state
 
 
+def images_per_row(inner: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """How many images each row holds: its vision-start tokens among its real tokens."""
+    start = inner.config.vision_start_token_id
+    return ((input_ids == start) & attention_mask.bool()).sum(dim=1).tolist()
+
+
 def group_owner(keys: list[Any], same: Any = None) -> tuple[torch.Tensor, list[int]]:
     """Rows with equal keys share a prefix: returns owner[r] (index into reps) and reps (first row of each).
 

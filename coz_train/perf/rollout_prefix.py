@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from coz_train.perf.group_prefix import per_sample_images
-from coz_train.perf.prefix import check_supported, group_owner, repeat_cache, run_prefix
+from coz_train.perf.prefix import check_supported, group_owner, images_per_row, repeat_cache, run_prefix
 
 
 class RolloutPrefix:
@@ -46,7 +46,10 @@ class RolloutPrefix:
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
         mm = kwargs.get("mm_token_type_ids")
         n, length = ids.shape
-        pixels, grids = per_sample_images(kwargs["pixel_values"], kwargs["image_grid_thw"], None, n)
+        counts = images_per_row(self.inner, ids, mask)
+        if sum(counts) != kwargs["image_grid_thw"].shape[0]:  # images the tokens do not account for
+            return self.original(*args, **kwargs)
+        pixels, grids = per_sample_images(kwargs["pixel_values"], kwargs["image_grid_thw"], counts, n)
         real = [tuple(row[m.bool()].tolist()) for row, m in zip(ids.cpu(), mask.cpu(), strict=True)]
 
         def same(i: int, j: int) -> bool:

@@ -84,11 +84,12 @@ def test_ddp_perf_fast_trains_like_plain(tmp_path):
 
 
 def test_deepspeed_zero3_with_the_shared_prefix_passes(tmp_path):
-    """ZeRO-3 gathers the sharded weights for the prefix and continuation passes; merging adapters is refused."""
+    """ZeRO-3 gathers the sharded weights for the prefix and continuation passes; merging adapters and the
+    vision cache (ranks would skip each other's gathers) are refused before any model loads."""
     pytest.importorskip("deepspeed", reason="install the `distributed` extra (deepspeed) to run ZeRO tests")
     config = str(REPO / "recipes" / "accelerate_configs" / "zero3.yaml")
     run = launch(tmp_path, "--config_file", config, timeout=1200,
-                 overrides=["perf=fast", "perf.merge_adapters_for_generation=false"])
+                 overrides=["perf=fast", "perf.merge_adapters_for_generation=false", "perf.vision_cache=false"])
     check_two_ranks(tmp_path, run, zero_stage=3)
     refused = tmp_path / "refused"
     refused.mkdir()
@@ -100,4 +101,4 @@ def test_deepspeed_zero3_with_the_shared_prefix_passes(tmp_path):
         capture_output=True, text=True, timeout=1200, env=env, cwd=REPO,
     )
     assert result.returncode != 0
-    assert "perf.merge_adapters_for_generation does not work with ZeRO-3" in result.stdout + result.stderr
+    assert "perf.vision_cache does not work with DeepSpeed ZeRO-3" in result.stdout + result.stderr

@@ -150,3 +150,37 @@ def test_install_group_prefix_refuses_a_model_without_mrope():
                          num_attention_heads=2, num_key_value_heads=2)
     with pytest.raises(ValueError, match=r"perf\.group_prefix"):
         install_group_prefix(LlamaForCausalLM(config))
+
+
+def test_a_batch_with_nothing_to_share_takes_one_checkpointed_pass(make_policy, make_batch, monkeypatch):
+    """Every prompt distinct: the full sequences in one ordinary pass (no cache, checkpointing left on),
+    same log-probs as TRL's path."""
+    model, processor = make_policy()
+    add_fused_lm_head(model.get_base_model(), temperature=0.7, outputs=("log_probs", "entropy"))
+    install_group_prefix(model)
+    batch = make_batch(processor, groups=3, per_group=1)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
+    keep = batch["logits_to_keep"]
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    labels[:, :-keep] = -100
+    shared_passes = []
+    monkeypatch.setattr(group_prefix, "run_prefix", lambda *a, **k: shared_passes.append(1))
+    model.eval()
+    plain = model(**inputs, labels=labels, fused_lm_head=True)
+    fast = model(**inputs, coz_group_prefix=dict(logits_to_keep=keep, temperature=0.7, compute_entropy=True))
+    assert shared_passes == []
+    assert (fast.log_probs - plain.log_probs[:, -keep:]).abs().max() < 1e-5
+    assert (fast.entropy - plain.entropy[:, -keep:]).abs().max() < 1e-4
+
+
+def test_entropy_leaves_the_graph_unless_an_entropy_bonus_needs_it(make_policy, make_batch):
+    model, processor = make_policy()
+    install_group_prefix(model)
+    batch = make_batch(processor, groups=1, per_group=2)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
+    spec = dict(logits_to_keep=batch["logits_to_keep"], compute_entropy=True)
+    with_grad = model(**inputs, coz_group_prefix=dict(spec, entropy_grad=True))
+    without = model(**inputs, coz_group_prefix=dict(spec, entropy_grad=False))
+    assert with_grad.entropy.requires_grad and not without.entropy.requires_grad
+    assert without.log_probs.requires_grad
+    assert torch.allclose(with_grad.entropy, without.entropy)
