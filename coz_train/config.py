@@ -157,8 +157,9 @@ class BenchConfig:
     image_size: int | None = None  # square crop side in px (default: real 504, tiny 112)
     warmup: int | None = None  # untimed runs per measurement (default: real 1, tiny 1)
     reps: int | None = None  # timed runs, median reported (default: real 3, tiny 2)
-    check: bool = True  # equality checks of every optimised phase against the plain one (float32)
-    static_cache: bool = False  # also time the fast rollout with a static KV cache (compiled decode on a GPU)
+    check: bool = True  # equality checks of every optimised phase against the plain one (float32); false: none
+    critic_scoring: str = "logits"  # critic phase: logits (next-token logits) | generate (greedy critic.max_new_tokens)
+    static_cache: bool = False  # also time the fast rollout with a static KV cache (report only, not compiled: as TRL)
     out: str = "bench.json"  # relative to the run folder
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import platform
 import traceback
@@ -55,6 +54,8 @@ def run_bench(cfg: DictConfig) -> dict:
     unknown = sorted(set(bench.phases) - set(PHASES))
     if unknown:
         raise ValueError(f"bench.phases: unknown {unknown}; choose from {list(PHASES)}.")
+    if bench.critic_scoring not in ph.CRITIC_SCORING:
+        raise ValueError(f"bench.critic_scoring='{bench.critic_scoring}' is not one of {', '.join(ph.CRITIC_SCORING)}.")
     shape = shape_of(bench)
     device, dtype = device_and_dtype(bench)
     if cfg.cpu_threads:
@@ -74,17 +75,16 @@ def run_bench(cfg: DictConfig) -> dict:
     runner = None
     if "preprocess" in wanted:
         processors = tuple(processor_for(shape) for _ in range(4))
-        run_phase(result, "preprocess", lambda: ph.preprocess_phase(cfg, processors, batch, dev, shape), out)
+        run_phase(result, "preprocess",
+                  lambda: ph.preprocess_phase(cfg, processors, batch, dev, shape, check=bench.check), out, dev)
     if "critic" in wanted:
-        run_phase(result, "critic", lambda: ph.critic_phase(cfg, spec["critic"], processor, batch, dev, shape), out)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        run_phase(result, "critic", lambda: ph.critic_phase(cfg, spec["critic"], processor, batch, dev, shape,
+                                                            scoring=bench.critic_scoring, check=bench.check), out, dev)
     for name in [p for p in wanted if p not in ("preprocess", "critic")]:
         if runner is None:
             policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
-            runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache)
-        run_phase(result, name, getattr(runner, name), out)
+            runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache, check=bench.check)
+        run_phase(result, name, getattr(runner, name), out, dev)
     result["step"] = step_summary(result["phases"], bench.size)
     write(result, out)
     print(table(result), flush=True)
@@ -92,16 +92,18 @@ def run_bench(cfg: DictConfig) -> dict:
     return result
 
 
-def run_phase(result: dict, name: str, fn: Any, out: Path) -> None:
+def run_phase(result: dict, name: str, fn: Any, out: Path, dev: ph.Device) -> None:
     log.info("phase %s", name)
     try:
         result["phases"][name] = fn()
         phase = result["phases"][name]
+        check = {k: v for k, v in (phase.get("check") or {}).items() if k != "traceback"} or None
         log.info("  plain %.4f s, fast %.4f s (x%.2f), check %s", phase["plain"]["s"], phase["fast"]["s"],
-                 phase["plain"]["s"] / phase["fast"]["s"], phase.get("check"))
+                 phase["plain"]["s"] / phase["fast"]["s"], check)
     except Exception as err:  # one phase failing (e.g. out of memory) still reports the others
         result["phases"][name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
         log.error("phase %s failed: %s", name, err)
+    ph.free_memory(dev)  # e.g. the critic, built inside its phase, before the policy is built
     write(result, out)
 
 

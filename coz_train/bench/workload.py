@@ -48,12 +48,16 @@ SIZES: dict[str, dict[str, Any]] = {
                     vision=dict(_VISION_REAL, depth=2, fullatt_block_indexes=[1], out_hidden_size=3584), tie=False),
         groups=2, generations=2, new_tokens=8, image_size=504, warmup=0, reps=1,
     ),
+    # initializer_range 0.02 x sqrt(real width / tiny width): the real models' activation scale, so that attention
+    # depends on positions as in the real models and the negative controls (positions shifted by one) are far off
     "tiny": dict(
         policy=dict(text=dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3]),
+                              num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3],
+                              initializer_range=0.11),
                     vision=dict(_VISION_TINY, out_hidden_size=64), tie=True),
         critic=dict(text=dict(vocab_size=None, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
-                              num_attention_heads=6, num_key_value_heads=2, mrope_section=[2, 3, 3]),
+                              num_attention_heads=6, num_key_value_heads=2, mrope_section=[2, 3, 3],
+                              initializer_range=0.12),
                     vision=dict(_VISION_TINY, out_hidden_size=96), tie=False),
         groups=2, generations=4, new_tokens=8, image_size=112, warmup=1, reps=2,
     ),
