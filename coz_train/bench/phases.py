@@ -153,11 +153,6 @@ def greedy_compare(plain_tokens: list[list[int]], fast_tokens: list[list[int]],
                 passed=err < LOGITS_TOL and min(compared) >= 1)
 
 
-def cut_at_eos(tokens: list[int], eos: set[int]) -> int:
-    """Length of a greedy row up to and including its first end-of-sequence token."""
-    return next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
-
-
 @contextlib.contextmanager
 def float32(model: torch.nn.Module, dev: Device) -> Iterator[None]:
     """The model in float32 with TF32 off; every parameter and buffer back to its own dtype afterwards."""
@@ -523,7 +518,7 @@ def critic_phase(cfg: Any, spec: dict, processor: Any, batch: dict, dev: Device,
             wrong = critic_prefix.generate(model, first, groups[0], 1, eos_token_ids=eos, pad_token_id=pad,
                                            output_logits=True, position_offset=1)
         start = first["input_ids"].shape[1]
-        plain_rows = [row[: cut_at_eos(row, eos)] for row in a.sequences[:, start:].tolist()]
+        plain_rows = critic_prefix.Generation.cut(a.sequences[:, start:].tolist(), eos, None, []).tokens
         plain_logits = torch.stack(a.logits, dim=1).float()  # [N, steps, vocab]
         result = greedy_compare(plain_rows, b.tokens, list(plain_logits), b.logits)
         result["control_position_plus_one_rel_err"] = rel_err(torch.stack([w[0] for w in wrong.logits]),
@@ -536,7 +531,7 @@ def critic_phase(cfg: Any, spec: dict, processor: Any, batch: dict, dev: Device,
     inner = unwrap(model)
     lm = lm_params_of(inner)
     prompt_tokens = sum(int(e["attention_mask"].sum()) for e in encoded)
-    plans = [critic_prefix.plan_groups(group, *_rows(e)) for e, group in pairs]
+    plans = [critic_prefix.plan_groups(group, *critic_prefix.unpadded_rows(e, inner)) for e, group in pairs]
     distinct = sum(int(e["attention_mask"].sum()) - sum(length * (len(m) - 1) for m, length in plan)
                    for e, plan in zip(encoded, plans, strict=True))
     patches = int(batch["image_grid_thw"].prod(-1).view(-1, 2)[::G].sum())
@@ -551,13 +546,6 @@ def critic_phase(cfg: Any, spec: dict, processor: Any, batch: dict, dev: Device,
         work.update(new_tokens=tokens, decode_steps=new_tokens)
     return dict(plain=dict(t_plain, tok_per_s=tokens / t_plain["s"]), fast=dict(t_fast, tok_per_s=tokens / t_fast["s"]),
                 floor_s=floor, check=result_check, work=work)
-
-
-def _rows(encoded: Any) -> tuple[list, list]:
-    """Unpadded token ids and modality types per row of an encoded critic batch."""
-    mask = encoded["attention_mask"].bool()
-    ids, mm = encoded["input_ids"], encoded["mm_token_type_ids"]
-    return [ids[r][mask[r]] for r in range(ids.shape[0])], [mm[r][mask[r]] for r in range(ids.shape[0])]
 
 
 def preprocess_phase(cfg: Any, processors: tuple, batch: dict, dev: Device, shape: Shape, check: bool = True) -> dict:

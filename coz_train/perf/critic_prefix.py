@@ -37,6 +37,18 @@ class Generation:
     logits: list[torch.Tensor] | None  # per row [len(tokens), vocab] raw float32 logits (output_logits)
     prompt_tokens: list[int]
 
+    @classmethod
+    def cut(cls, rows: list[list[int]], eos_token_ids: set[int], logits: torch.Tensor | None,
+            prompt_tokens: list[int]) -> Generation:
+        """From greedy rows of new token ids ([N, steps] logits when kept): each row cut after its first EOS."""
+        tokens, finished = [], []
+        for row in rows:
+            stop = next((i for i, t in enumerate(row) if t in eos_token_ids), None)
+            tokens.append(row if stop is None else row[: stop + 1])
+            finished.append(stop is not None)
+        kept = None if logits is None else [logits[i, : len(t)] for i, t in enumerate(tokens)]
+        return cls(tokens, finished, kept, prompt_tokens)
+
 
 @dataclass
 class SharedBatch:
@@ -141,6 +153,19 @@ def plan_groups(conversations: list[list[dict]], rows: list[torch.Tensor],
     return plan
 
 
+def modality_types(encoded: Any, inner: Any) -> torch.Tensor:
+    """The batch's text (0) / image (1) token types: the processor's, else read off the image token."""
+    mm = encoded.get("mm_token_type_ids")
+    return (encoded["input_ids"] == inner.config.image_token_id).long() if mm is None else mm
+
+
+def unpadded_rows(encoded: Any, inner: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each row's real token ids and their token types, padding dropped."""
+    mask = encoded["attention_mask"].bool()
+    ids, mm = encoded["input_ids"], modality_types(encoded, inner)
+    return [ids[r][mask[r]] for r in range(ids.shape[0])], [mm[r][mask[r]] for r in range(ids.shape[0])]
+
+
 def shared_forward(model: Any, encoded: Any, conversations: list[list[dict]], pad_token_id: int, *,
                    position_offset: int = 0) -> SharedBatch:
     """Prefix pass (once per group) and suffix pass (every row) over an encoded, left-padded critic batch.
@@ -151,13 +176,10 @@ def shared_forward(model: Any, encoded: Any, conversations: list[list[dict]], pa
     inner = check_supported(model, "perf.critic_prefix")
     if encoded.get("pixel_values_videos") is not None:
         raise ValueError("perf.critic_prefix handles images, not videos: set perf.critic_prefix=false.")
-    input_ids, attention = encoded["input_ids"], encoded["attention_mask"].bool()
-    mm = encoded.get("mm_token_type_ids")
-    if mm is None:
-        mm = (input_ids == inner.config.image_token_id).long()
+    input_ids = encoded["input_ids"]
+    mm = modality_types(encoded, inner)
     n_rows, device = input_ids.shape[0], input_ids.device
-    rows = [input_ids[r][attention[r]] for r in range(n_rows)]
-    mm_rows = [mm[r][attention[r]] for r in range(n_rows)]
+    rows, mm_rows = unpadded_rows(encoded, inner)
     plan = plan_groups(conversations, rows, mm_rows)
 
     # Prefixes, left-padded together; each prefix's pixels are those of its first row.
@@ -302,14 +324,5 @@ def generate(model: Any, encoded: Any, conversations: list[list[dict]], max_new_
                                 cache=batch.prefix.cache, use_cache=True)
         token = choose(batch.inner.lm_head(out.last_hidden_state[:, -1]).float())
 
-    new = torch.stack(steps, dim=1).tolist()
-    tokens, done = [], []
-    for row in new:
-        stop = next((i for i, t in enumerate(row) if t in eos_token_ids), None)
-        tokens.append(row if stop is None else row[: stop + 1])
-        done.append(stop is not None)
-    logits = None
-    if output_logits:
-        stacked = torch.stack(step_logits, dim=1)  # [N, steps, vocab]
-        logits = [stacked[i, : len(t)] for i, t in enumerate(tokens)]
-    return Generation(tokens, done, logits, prompt_tokens)
+    logits = torch.stack(step_logits, dim=1) if output_logits else None  # [N, steps, vocab]
+    return Generation.cut(torch.stack(steps, dim=1).tolist(), eos_token_ids, logits, prompt_tokens)

@@ -194,18 +194,8 @@ class HFCritic:
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                   return_dict_in_generate=True, output_logits=output_logits)
         new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
-        eos = self.eos_token_ids
-        tokens, finished = [], []
-        for row in new:
-            stop = next((i for i, t in enumerate(row) if t in eos), None)
-            tokens.append(row if stop is None else row[: stop + 1])
-            finished.append(stop is not None)
-        logits = None
-        if output_logits:
-            stacked = torch.stack(out.logits, dim=1).float()  # [N, steps, vocab]
-            logits = [stacked[i, : len(t)] for i, t in enumerate(tokens)]
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        return Generation(tokens, finished, logits, prompt_tokens)
+        logits = torch.stack(out.logits, dim=1).float() if output_logits else None  # [N, steps, vocab]
+        return Generation.cut(new, self.eos_token_ids, logits, inputs["attention_mask"].sum(dim=1).tolist())
 
     def decode(self, tokens: list[int]) -> str:
         return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
