@@ -564,7 +564,8 @@ def preprocess_phase(cfg: Any, processors: tuple, batch: dict, dev: Device, shap
         text = policy.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
         logps = policy(images=images, text=text, padding=True, return_tensors="pt")
         critic_inputs = critic.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt", padding=True)
+                                                   return_dict=True, return_tensors="pt",
+                                                   processor_kwargs={"padding": True})
         return [generation, logps, critic_inputs]
 
     plain_policy, plain_critic, fast_policy, fast_critic = processors

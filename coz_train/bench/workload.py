@@ -126,7 +126,7 @@ def grpo_batch(processor: Any, groups: int = 2, per_group: int = 3, max_completi
             all_images.append(row)
     processor.tokenizer.padding_side = "left"
     enc = processor.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        return_tensors="pt", padding=True)
+                                        return_tensors="pt", processor_kwargs={"padding": True})
     n = len(prompts)
     tokenizer = processor.tokenizer
     if ragged:

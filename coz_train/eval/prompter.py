@@ -79,7 +79,12 @@ class VLMPrompter:
             parts = [{"type": "image", "image": image} for image in images]
             conversations.append([messages[0], {"role": "user", "content": parts}])
         inputs = self.processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
+            conversations,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"padding": True},
         ).to(self.device)
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample)
         texts = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

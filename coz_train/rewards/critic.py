@@ -164,7 +164,7 @@ class HFCritic:
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            padding=True,
+            processor_kwargs={"padding": True},
         ).to(self.device)
 
     @torch.no_grad()

@@ -24,6 +24,12 @@ def bench(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+def check_column(stdout: str) -> list[str]:
+    """The last column of the printed table's rows, header and rule left out."""
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| phase")]
+    return [row.rstrip(" |").rsplit("|", 1)[1].strip() for row in rows]
+
+
 def test_tiny_bench_runs_every_phase_and_every_check_passes(tmp_path):
     done = bench(tmp_path, "bench.reps=1", "bench.warmup=0")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -53,6 +59,7 @@ def test_tiny_bench_runs_every_phase_and_every_check_passes(tmp_path):
     step = result["step"]
     assert step["complete"] and step["goal_s"] is None  # the 4 s goal is for bench.size=real
     assert "| train" in done.stdout and "| step" in done.stdout
+    assert "pass" in check_column(done.stdout) and "FAIL" not in check_column(done.stdout)
 
 
 def test_checks_off_give_no_checks_and_exit_0_and_the_static_cache_rollout_is_report_only(tmp_path):
@@ -63,7 +70,8 @@ def test_checks_off_give_no_checks_and_exit_0_and_the_static_cache_rollout_is_re
     for name, phase in result["phases"].items():
         assert "error" not in phase, (name, phase.get("error"))
         assert phase["check"] is None and phase["fast"]["s"] > 0
-    assert "pass" not in done.stdout and "FAIL" not in done.stdout
+    checks = check_column(done.stdout)
+    assert checks and not {"pass", "FAIL"} & set(checks), checks
     # the static-cache rollout (not compiled, as TRL generates) is timed beside the fast one, not in the step
     rollout = result["phases"]["rollout"]
     static = rollout["fast_static"]
