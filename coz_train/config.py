@@ -141,6 +141,7 @@ class PerfConfig:
     critic_prefix: bool = False  # critic: the images + instruction prefix runs once per group (hf backend, Qwen-VL)
     merge_adapters_for_generation: bool = False  # rollouts with LoRA merged into the weights (restored bit for bit)
     rollout_prefix: bool = False  # rollouts prefill each group's prompt once (KV cache repeated to the G rows)
+    compiled_decode: bool = False  # rollouts: static KV cache, compiled decode steps (CUDA graphs on a GPU)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class BenchConfig:
     check: bool = True  # equality checks of every optimised phase against the plain one (float32); false: none
     critic_scoring: str = "logits"  # critic phase: logits (next-token logits) | generate (greedy critic.max_new_tokens)
     static_cache: bool = False  # also time the fast rollout with a static KV cache (report only, not compiled: as TRL)
+    compiled_decode: bool = False  # also time the fast rollout with perf.compiled_decode (report only; the first compiles)
     out: str = "bench.json"  # relative to the run folder
 
 

@@ -76,8 +76,15 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"{switch}=true supports Qwen2-VL / Qwen2.5-VL policies; {cfg.policy.name_or_path} is "
                              f"'{model_type}'. Set {switch}=false.")
+    if perf.compiled_decode:
+        if cfg.grpo.use_vllm:
+            raise ValueError("perf.compiled_decode=true compiles transformers' generate; with grpo.use_vllm=true vLLM "
+                             "generates instead. Set perf.compiled_decode=false.")
+        from coz_train.perf.compiled_decode import check_cache_implementation
+
+        check_cache_implementation((cfg.grpo.generation_kwargs or {}).get("cache_implementation"))
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":  # set by `accelerate launch` for ZeRO-3 configs
-        for switch in ("vision_cache", "merge_adapters_for_generation"):
+        for switch in ("vision_cache", "merge_adapters_for_generation", "compiled_decode"):
             if perf[switch]:
                 raise ValueError(f"perf.{switch} does not work with DeepSpeed ZeRO-3 (sharded weights): set "
                                  f"perf.{switch}=false or use ZeRO-2.")

@@ -12,6 +12,8 @@
   bit for bit afterwards (`coz_train.perf.merge`).
 - `rollout_prefix`: rollouts prefill each distinct prompt once and start the G rows from its
   repeated KV cache (`coz_train.perf.rollout_prefix`).
+- `compiled_decode`: rollouts generate with a static KV cache and compiled decode steps
+  (`coz_train.perf.compiled_decode`); TRL's own generation config disables compilation.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from unittest import mock
 import torch
 from trl import GRPOTrainer
 
+from coz_train.perf.compiled_decode import compiled_generation_config
 from coz_train.perf.group_batches import group_shuffle
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
@@ -69,6 +72,11 @@ class CozGRPOTrainer(GRPOTrainer):
             if zero3:
                 raise ValueError("perf.merge_adapters_for_generation does not work with ZeRO-3 (sharded weights); "
                                  "set it to false or use ZeRO-2.")
+        if perf.compiled_decode and not self.use_vllm:
+            if zero3:
+                raise ValueError("perf.compiled_decode does not work with ZeRO-3 (the decode step would be compiled "
+                                 "around DeepSpeed's parameter gathers); set it to false or use ZeRO-2.")
+            self.generation_config = compiled_generation_config(self.generation_config)
         if perf.group_batches:
             import trl.trainer.grpo_trainer as trl_grpo
 

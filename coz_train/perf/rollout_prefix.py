@@ -7,13 +7,17 @@ deltas, and hands transformers' `generate` the full prompts with that cache: gen
 starts from the last prompt token, as a continued generation does, and samples exactly as
 before (same logits up to float rounding, same random draws).
 
+With a static cache (`cache_implementation="static"`, as `perf.compiled_decode` sets it), the
+repeated prefix is written into a static cache kept across calls (fixed storage, so compiled decode
+steps and CUDA graphs are reused), sized as `generate` sizes its own.
+
 It steps aside (plain `generate`) for calls it does not cover: no images, a cache already given,
-`num_return_sequences` > 1, or a generation config with a cache implementation of its own
-(static caches allocate their own storage).
+`num_return_sequences` > 1, or a cache implementation other than the default and static ones.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import types
 from typing import Any
@@ -29,15 +33,22 @@ class RolloutPrefix:
         self.inner, self.original = inner, original
         self.enabled = True
         self.calls = 0  # generations that went through the shared prefill
+        self.static_cache: Any = None  # kept across calls when generating with a static cache
+
+    def option(self, kwargs: dict, name: str) -> Any:
+        """A generation option as `generate` resolves it: the call's keyword first, then its config's."""
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+        return getattr(kwargs.get("generation_config") or self.inner.generation_config, name, None)
 
     def covers(self, kwargs: dict) -> bool:
-        config = kwargs.get("generation_config")
-        options = [getattr(config, "num_return_sequences", 1), kwargs.get("num_return_sequences", 1)]
-        cache_implementation = kwargs.get("cache_implementation") or getattr(config, "cache_implementation", None)
+        cache_implementation = self.option(kwargs, "cache_implementation")
+        static_ok = cache_implementation != "static" or self.option(kwargs, "max_new_tokens") is not None
         return (self.enabled and kwargs.get("input_ids") is not None and kwargs.get("attention_mask") is not None
                 and kwargs.get("pixel_values") is not None and kwargs.get("image_grid_thw") is not None
                 and kwargs.get("cache") is None and kwargs.get("past_key_values") is None
-                and all((n or 1) == 1 for n in options) and cache_implementation is None
+                and (self.option(kwargs, "num_return_sequences") or 1) == 1
+                and cache_implementation in (None, "dynamic", "static") and static_ok
                 and kwargs["input_ids"].shape[1] > 1)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
@@ -67,8 +78,34 @@ class RolloutPrefix:
         # the full prompt's rope delta: its last token sits at the prefix's next position
         self.inner.model.rope_deltas = (prefix.next_position[owner] + 1 - mask.sum(dim=1)).unsqueeze(1)
         rest = {k: v for k, v in kwargs.items() if k not in ("pixel_values", "image_grid_thw")}
+        cache = prefix.cache
+        if self.option(kwargs, "cache_implementation") == "static":
+            cache = self.static_copy(cache, length + self.option(kwargs, "max_new_tokens"), kwargs)
+            config = copy.deepcopy(kwargs.get("generation_config") or self.inner.generation_config)
+            config.cache_implementation = None  # the cache is given; generate refuses both
+            rest = {k: v for k, v in rest.items() if k not in ("cache_implementation", "max_cache_len")}
+            rest["generation_config"] = config
         self.calls += 1
-        return self.original(**rest, cache=prefix.cache)
+        return self.original(**rest, cache=cache)
+
+    def static_copy(self, cache: Any, max_length: int, kwargs: dict) -> Any:
+        """The repeated prefix cache written into the kept static cache (a new one when the batch, dtype or
+        device changed, or it is too short; sized to the call's max length or `max_cache_len` if larger)."""
+        from transformers import StaticCache
+
+        first = cache.layers[0]
+        rows, like = first.keys.shape[0], first.keys
+        size = max(max_length, self.option(kwargs, "max_cache_len") or 0)
+        kept = self.static_cache
+        layer = kept.layers[0] if kept is not None else None
+        if (layer is None or not layer.is_initialized or layer.batch_size != rows or layer.max_cache_len < size
+                or layer.keys.dtype != like.dtype or layer.keys.device != like.device):
+            kept = self.static_cache = StaticCache(config=self.inner.config, max_cache_len=size)
+        else:
+            kept.reset()
+        for source, target in zip(cache.layers, kept.layers, strict=True):
+            target.update(source.keys, source.values)
+        return kept
 
 
 def install_rollout_prefix(model: Any) -> RolloutPrefix:

@@ -41,19 +41,22 @@ def setup(smoke_policy_cfg):
     return model, install_rollout_prefix(model), prompt_inputs(batch)
 
 
+@pytest.mark.parametrize("cache", [None, "static"])
 @pytest.mark.parametrize("sample", [False, True])
-def test_same_rollouts_as_plain_generate(setup, sample):
+def test_same_rollouts_as_plain_generate(setup, sample, cache):
+    """Plain = transformers' own dynamic cache; the shared prefill, with a dynamic or a static cache."""
     model, handle, inputs = setup
     before = handle.calls
     plain = rollouts(model, handle, inputs, enabled=False, do_sample=sample)
-    shared = rollouts(model, handle, inputs, enabled=True, do_sample=sample)
+    shared = rollouts(model, handle, inputs, enabled=True, do_sample=sample, cache_implementation=cache)
     assert handle.calls == before + 1
     assert torch.equal(plain.sequences, shared.sequences)  # same logits, same random draws
     a, b = torch.stack(plain.logits), torch.stack(shared.logits)
     assert ((a - b).abs().max() / a.abs().max()) < 1e-5
 
 
-def test_a_wrong_rope_delta_changes_the_rollouts(setup, monkeypatch):
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_a_wrong_rope_delta_changes_the_rollouts(setup, monkeypatch, cache):
     """Negative control: continue one position too far and the first generated step's logits move."""
     model, handle, inputs = setup
     import coz_train.perf.rollout_prefix as module
@@ -65,17 +68,43 @@ def test_a_wrong_rope_delta_changes_the_rollouts(setup, monkeypatch):
         return original(*args, **kwargs, position_offset=1)
 
     monkeypatch.setattr(module, "run_prefix", shifted)
-    wrong = rollouts(model, handle, inputs, enabled=True, do_sample=False)
+    wrong = rollouts(model, handle, inputs, enabled=True, do_sample=False, cache_implementation=cache)
     a, b = plain.logits[0], wrong.logits[0]
     assert ((a - b).abs().max() / a.abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("options", [dict(num_return_sequences=2, do_sample=True), dict(cache_implementation="static")])
+def test_the_static_cache_is_kept_across_calls_and_rebuilt_for_another_batch(setup):
+    model, handle, inputs = setup
+    rollouts(model, handle, inputs, enabled=True, do_sample=False, cache_implementation="static")
+    kept = handle.static_cache
+    rollouts(model, handle, inputs, enabled=True, do_sample=False, cache_implementation="static")
+    assert handle.static_cache is kept  # fixed storage: compiled decode steps are reused
+    fewer = {k: v[:3] if k != "pixel_values" else v[: int(inputs["image_grid_thw"][:6].prod(-1).sum())]
+             for k, v in inputs.items()}
+    fewer["image_grid_thw"] = inputs["image_grid_thw"][:6]
+    plain = rollouts(model, handle, fewer, enabled=False, do_sample=False)
+    shared = rollouts(model, handle, fewer, enabled=True, do_sample=False, cache_implementation="static")
+    assert handle.static_cache is not kept and handle.static_cache.layers[0].batch_size == 3
+    assert torch.equal(plain.sequences, shared.sequences)
+
+
+@pytest.mark.parametrize("options", [dict(num_return_sequences=2, do_sample=True)])
 def test_steps_aside_for_calls_it_does_not_cover(setup, options):
     model, handle, inputs = setup
     before = handle.calls
     rollouts(model, handle, inputs, enabled=True, **options)
     assert handle.calls == before
+
+
+def test_other_cache_implementations_are_not_covered(setup):
+    from transformers import GenerationConfig
+
+    _, handle, inputs = setup
+    assert handle.covers(dict(inputs, cache_implementation="static", max_new_tokens=4))
+    assert not handle.covers(dict(inputs, cache_implementation="offloaded", max_new_tokens=4))
+    config = GenerationConfig(cache_implementation="offloaded", max_new_tokens=4)
+    assert not handle.covers(dict(inputs, generation_config=config))
+    assert handle.covers(dict(inputs, generation_config=config, cache_implementation="static"))  # the call's own wins
 
 
 def test_text_only_calls_go_to_plain_generate(setup):

@@ -13,6 +13,7 @@ from coz_train import trainer as trainer_module
 from coz_train.perf import group_prefix
 from coz_train.perf.group_batches import group_runs, group_shuffle
 from coz_train.perf.merge import merged_adapters
+from coz_train.perf.prefix import unwrap
 from coz_train.train import build_trainer, train
 
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -195,7 +196,7 @@ def trained_adapter(compose_cfg, run_dir, *overrides: str) -> dict[str, torch.Te
 
 
 def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_calls):
-    runs = {"plain": ["perf=plain"], "fast": FAST}
+    runs = {"plain": ["perf=plain"], "fast": FAST, "compiled": [*FAST, "perf.compiled_decode=true"]}
     adapters, rewards, counts = {}, {}, {}
     for name, overrides in runs.items():
         adapters[name] = trained_adapter(compose_cfg, tmp_path / name, *overrides)
@@ -203,7 +204,7 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
         counts[name] = {k: v for k, v in switch_calls.items() if k != "trainers"}
         for key in counts[name]:
             switch_calls[key] = 0
-    plain_trainer, fast_trainer = switch_calls["trainers"]
+    plain_trainer, fast_trainer, compiled_trainer = switch_calls["trainers"]
 
     # the fast run did take the fast paths, the plain run none of them
     assert counts["plain"] == {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0}
@@ -212,12 +213,20 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     assert plain_trainer.image_cache is None and fast_trainer.image_cache.hits > 0
     assert plain_trainer.rollout_prefix is None and fast_trainer.rollout_prefix.calls == 3  # one per step
 
-    assert len(rewards["plain"]) == 3 and rewards["fast"] == rewards["plain"]
-    assert adapters["fast"].keys() == adapters["plain"].keys()
+    # compiled decode: TRL's generation config (compilation off) replaced by a static-cache, compiled one
+    assert plain_trainer.generation_config.disable_compile and fast_trainer.generation_config.disable_compile
+    assert not compiled_trainer.generation_config.disable_compile
+    assert compiled_trainer.generation_config.cache_implementation == "static"
+    assert compiled_trainer.rollout_prefix.calls == 3 and compiled_trainer.rollout_prefix.static_cache is not None
+    assert hasattr(unwrap(compiled_trainer.model), "_compiled_call")
+
     moved = max(t.abs().max().item() for k, t in adapters["plain"].items() if "lora_B" in k)
     assert moved > 1e-3  # LoRA B starts at zero: the runs did train, by 100x the tolerance below
-    diff = max((adapters["fast"][k] - adapters["plain"][k]).abs().max().item() for k in adapters["plain"])
-    assert diff < 1e-5
+    for name in ("fast", "compiled"):
+        assert len(rewards["plain"]) == 3 and rewards[name] == rewards["plain"], name
+        assert adapters[name].keys() == adapters["plain"].keys()
+        diff = max((adapters[name][k] - adapters["plain"][k]).abs().max().item() for k in adapters["plain"])
+        assert diff < 1e-5, name
 
 
 def test_a_wrong_fast_path_shows_in_the_trained_adapter(compose_cfg, tmp_path, monkeypatch):
