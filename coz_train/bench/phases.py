@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from coz_train.bench.workload import Shape, rows
 from coz_train.perf import image_cache
+from coz_train.perf.compiled_decode import compiled_generation_config
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.merge import merged_adapters
@@ -191,9 +193,10 @@ class Bench:
     """Models, batch and device of one benchmark run; one method per phase."""
 
     def __init__(self, dev: Device, shape: Shape, processor: Any, batch: dict, policy: Any,
-                 static_cache: bool = False, check: bool = True):
+                 static_cache: bool = False, check: bool = True, compiled_decode: bool = False):
         self.dev, self.shape, self.processor, self.batch = dev, shape, processor, batch
         self.policy, self.static_cache, self.check = policy, static_cache, check
+        self.compiled_decode = compiled_decode
         self.rollout_prefix = install_rollout_prefix(policy)
         self.rollout_prefix.enabled = False  # on inside the fast rollout only
         self.n = shape.groups * shape.generations
@@ -293,7 +296,14 @@ class Bench:
             with torch.no_grad():
                 t_plain, t_fast = self.run(plain), self.run(lambda: self.fast_generate(inputs, sample))
             tokens = self.n * self.keep
-            static = self.static_rollout(inputs, sample, tokens) if self.static_cache else None
+            extra = {}
+            if self.static_cache:  # as TRL runs a static cache: uncompiled
+                extra["fast_static"] = self.report_rollout(inputs, dict(sample, cache_implementation="static"), tokens)
+            if self.compiled_decode:  # perf.compiled_decode
+                config = compiled_generation_config(GenerationConfig(**sample))
+                extra["fast_compiled"] = self.report_rollout(inputs, dict(generation_config=config), tokens)
+                if "error" not in extra["fast_compiled"]:
+                    extra["fast_compiled"]["agreement"] = self.checked(lambda: self.compiled_agreement(inputs, sample))
         finally:
             self.policy.eval()
         decode_bytes = decode_bytes_of(self.inner)
@@ -304,9 +314,7 @@ class Bench:
                       floor_s=floor, check=self.checked(lambda: self.rollout_check(sample)),
                       work=dict(new_tokens=tokens, decode_steps=self.keep, decode_weight_GB=decode_bytes / 1e9,
                                 mode="train"))
-        if static is not None:
-            result["fast_static"] = static
-        return result
+        return dict(result, **extra)
 
     def fast_generate(self, inputs: dict, options: dict) -> Any:
         """The fast rollout: a fresh vision cache, each group's prompt prefilled once, adapters merged."""
@@ -330,21 +338,35 @@ class Bench:
         la, lb = torch.stack(a.logits, dim=1), torch.stack(b.logits, dim=1)  # [N, steps, vocab]
         return greedy_compare(rows_a, rows_b, list(la), list(lb))
 
-    def static_rollout(self, inputs: dict, sample: dict, tokens: int) -> dict:
-        """The fast rollout with a static KV cache (`grpo.generation_kwargs={cache_implementation: static}`),
-        for the report only (not in the step): without compilation, as TRL 1.16 sets `disable_compile=True`
-        in its generation config, so training cannot compile the decode step either."""
-        static = dict(sample, cache_implementation="static", disable_compile=True)
+    def report_rollout(self, inputs: dict, options: dict, tokens: int) -> dict:
+        """The fast rollout with other generation options, for the report only (not in the step's phases): a
+        static KV cache as TRL runs it (`grpo.generation_kwargs={cache_implementation: static}`, uncompiled: TRL
+        sets `disable_compile=True`), or `perf.compiled_decode`. The first call (compilation) is timed apart."""
+        compiled = "generation_config" in options and not options["generation_config"].disable_compile
         try:
             with torch.no_grad():
                 start = time.perf_counter()
-                self.fast_generate(inputs, static)
+                self.fast_generate(inputs, options)
                 self.dev.sync()
                 first = time.perf_counter() - start
-                timing = self.run(lambda: self.fast_generate(inputs, static))
-            return dict(timing, tok_per_s=tokens / timing["s"], first_call_s=first, compiled=False, report_only=True)
+                timing = self.run(lambda: self.fast_generate(inputs, options))
+            return dict(timing, tok_per_s=tokens / timing["s"], first_call_s=first, compiled=compiled, report_only=True)
         except Exception as err:  # a failure here must not cost the other measurements
             return {"error": f"{type(err).__name__}: {err}", "report_only": True}
+
+    def compiled_agreement(self, inputs: dict, sample: dict) -> dict:
+        """Greedy rollouts of every row in the benchmark's dtype, the fast path eager vs compiled (the timed
+        shapes, so nothing compiles again): how far the compiled decode steps agree. Reported, not judged: in
+        bfloat16 rounding alone moves logits by more than the float32 tolerance (the float32 equality is
+        tested on the CPU: tests/perf/test_compiled_decode.py)."""
+        greedy = dict(sample, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        compiled = dict(generation_config=compiled_generation_config(GenerationConfig(**greedy)))
+        with torch.no_grad():
+            a, b = self.fast_generate(inputs, greedy), self.fast_generate(inputs, compiled)
+        start = inputs["input_ids"].shape[1]
+        la, lb = torch.stack(a.logits, dim=1), torch.stack(b.logits, dim=1)
+        found = greedy_compare(a.sequences[:, start:].tolist(), b.sequences[:, start:].tolist(), list(la), list(lb))
+        return dict({k: v for k, v in found.items() if k != "passed"}, dtype=str(self.dev.dtype).removeprefix("torch."))
 
     def logps(self) -> dict:
         """Reference log-probs (adapters off, no gradients), one group per micro-batch; the fast path with the

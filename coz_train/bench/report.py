@@ -10,9 +10,13 @@ STEP_PHASES = ("preprocess", "rollout", "critic", "logps", "train")  # one GRPO 
 GOAL_S, STRETCH_S = 4.0, 2.5
 
 
+REPORT_ONLY = {"fast_static": "report only, not in step", "fast_compiled": "report only; in step +compiled"}
+
+
 def step_summary(phases: dict, size: str) -> dict | None:
-    """The step's phases added up (each phase's `fast` path: a static-cache rollout, `fast_static`, is for the
-    report only); the goal applies to the paper's setting (`bench.size=real`) only."""
+    """The step's phases added up (each phase's `fast` path; the report-only rollouts are not in it); with a
+    `fast_compiled` rollout, also the step with `perf.compiled_decode` on (`compiled`). The goal applies to the
+    paper's setting (`bench.size=real`) only."""
     done = [p for p in STEP_PHASES if p in phases and "plain" in phases[p]]
     if not done:
         return None
@@ -22,10 +26,18 @@ def step_summary(phases: dict, size: str) -> dict | None:
     peaks = [phases[p]["fast"].get("peak_GB") for p in done if phases[p]["fast"].get("peak_GB") is not None]
     complete = len(done) == len(STEP_PHASES)
     judged = size == "real" and complete
-    return dict(phases=done, complete=complete, plain_s=plain, fast_s=fast, floor_s=floor,
+    step = dict(phases=done, complete=complete, plain_s=plain, fast_s=fast, floor_s=floor,
                 speedup=plain / fast, fast_peak_GB=max(peaks) if peaks else None,
                 goal_s=GOAL_S if size == "real" else None, stretch_s=STRETCH_S if size == "real" else None,
                 meets_goal=fast <= GOAL_S if judged else None, meets_stretch=fast <= STRETCH_S if judged else None)
+    compiled = phases.get("rollout", {}).get("fast_compiled", {})
+    if "s" in compiled:
+        with_compiled = fast - phases["rollout"]["fast"]["s"] + compiled["s"]
+        step["compiled"] = dict(
+            fast_s=with_compiled, speedup=plain / with_compiled, first_call_s=compiled["first_call_s"],
+            meets_goal=with_compiled <= GOAL_S if judged else None,
+            meets_stretch=with_compiled <= STRETCH_S if judged else None)
+    return step
 
 
 def verdict(check: dict | None) -> str:
@@ -35,6 +47,16 @@ def verdict(check: dict | None) -> str:
     if "error" in check:
         return f"CHECK ERROR {check['error'][:50]}"
     return "pass" if check.get("passed") else "FAIL"
+
+
+def agreement_text(timing: dict) -> str:
+    """A compiled rollout's greedy tokens against the eager fast path's, in the benchmark's dtype."""
+    agreement = timing.get("agreement")
+    if not agreement:
+        return ""
+    if "error" in agreement:
+        return f"; agreement ERROR {agreement['error'][:40]}"
+    return f"; greedy tokens {agreement['greedy_token_agreement']:.0%} equal"
 
 
 def goal_text(step: dict) -> str:
@@ -60,7 +82,7 @@ def table(result: dict) -> str:
         if "error" in phase:
             lines.append([name, "-", "-", "-", "-", "-", "-", "-", f"ERROR {phase['error'][:60]}"])
             continue
-        for path in ("plain", "fast", "fast_static"):
+        for path in ("plain", "fast", *REPORT_ONLY):
             if path not in phase:
                 continue
             t = phase[path]
@@ -71,7 +93,7 @@ def table(result: dict) -> str:
                 name if path == "plain" else "", path, _fmt(t["s"]), _fmt(t.get("tok_per_s"), ".0f"),
                 _fmt(phase["floor_s"] or None, ".4f"), _fmt(_ratio(t["s"], phase["floor_s"]), ".1f"),
                 "1.00" if path == "plain" else _fmt(phase["plain"]["s"] / t["s"], ".2f"), _fmt(t.get("peak_GB"), ".1f"),
-                {"fast": verdict(phase.get("check")), "fast_static": "report only, not in step"}.get(path, ""),
+                {"fast": verdict(phase.get("check")), **REPORT_ONLY}.get(path, "") + agreement_text(t),
             ])
     step = result.get("step")
     if step:
@@ -81,6 +103,11 @@ def table(result: dict) -> str:
         lines.append(["", "fast", _fmt(step["fast_s"]), "-", _fmt(step["floor_s"] or None, ".4f"),
                       _fmt(_ratio(step["fast_s"], step["floor_s"]), ".1f"), _fmt(step["speedup"], ".2f"),
                       _fmt(step["fast_peak_GB"], ".1f"), goal_text(step)])
+        if "compiled" in step:
+            compiled = step["compiled"]
+            lines.append(["", "+compiled", _fmt(compiled["fast_s"]), "-", _fmt(step["floor_s"] or None, ".4f"),
+                          _fmt(_ratio(compiled["fast_s"], step["floor_s"]), ".1f"), _fmt(compiled["speedup"], ".2f"),
+                          "-", goal_text(dict(step, **compiled))])
     widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
     render = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in [head, *lines]]
     render.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -83,7 +83,8 @@ def run_bench(cfg: DictConfig) -> dict:
     for name in [p for p in wanted if p not in ("preprocess", "critic")]:
         if runner is None:
             policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
-            runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache, check=bench.check)
+            runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache, check=bench.check,
+                              compiled_decode=bench.compiled_decode)
         run_phase(result, name, getattr(runner, name), out, dev)
     result["step"] = step_summary(result["phases"], bench.size)
     write(result, out)

@@ -62,8 +62,9 @@ def test_tiny_bench_runs_every_phase_and_every_check_passes(tmp_path):
     assert "pass" in check_column(done.stdout) and "FAIL" not in check_column(done.stdout)
 
 
-def test_checks_off_give_no_checks_and_exit_0_and_the_static_cache_rollout_is_report_only(tmp_path):
-    done = bench(tmp_path, "bench.reps=1", "bench.warmup=0", "bench.check=false", "bench.static_cache=true")
+def test_checks_off_give_no_checks_and_exit_0_and_the_static_and_compiled_rollouts_are_report_only(tmp_path):
+    done = bench(tmp_path, "bench.reps=1", "bench.warmup=0", "bench.check=false", "bench.static_cache=true",
+                 "bench.compiled_decode=true")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "bench.json").read_text())
     assert len(result["phases"]) == 6
@@ -79,6 +80,11 @@ def test_checks_off_give_no_checks_and_exit_0_and_the_static_cache_rollout_is_re
     step = result["step"]
     assert step["fast_s"] == pytest.approx(sum(result["phases"][p]["fast"]["s"] for p in step["phases"]))
     assert "fast_static" in done.stdout and "report only" in done.stdout
+    # the compiled rollout (perf.compiled_decode): timed apart from its compilation, and a step total with it
+    compiled = rollout["fast_compiled"]
+    assert compiled["s"] > 0 and compiled["compiled"] and compiled["report_only"] and compiled["agreement"] is None
+    assert step["compiled"]["fast_s"] == pytest.approx(step["fast_s"] - rollout["fast"]["s"] + compiled["s"])
+    assert "fast_compiled" in done.stdout and "+compiled" in done.stdout
 
 
 def test_selected_phases_only_and_critic_generate_scoring_is_timed_and_checked(tmp_path):
@@ -174,10 +180,28 @@ def test_table_marks_a_failed_check_and_checks_off():
     assert "goal: all step phases" in text
 
 
-def test_step_uses_the_fast_path_not_the_static_cache_variant():
+def test_step_uses_the_fast_path_not_the_report_only_variants():
     timing = dict(s=2.0, peak_GB=None)
     phases = {"rollout": dict(plain=timing, fast=dict(timing, s=1.0), fast_static=dict(timing, s=0.1),
                               floor_s=0.1, check=dict(passed=True))}
     step = step_summary(phases, "real")
-    assert step["fast_s"] == 1.0
+    assert step["fast_s"] == 1.0 and "compiled" not in step
     assert "report only" in table(dict(phases=phases, step=step))
+
+
+def test_a_compiled_rollout_gives_a_second_step_total_judged_against_the_goal():
+    timing = dict(s=2.0, peak_GB=None)
+    phases = {name: dict(plain=timing, fast=dict(timing, s=1.0), floor_s=0.1, check=dict(passed=True))
+              for name in ("preprocess", "rollout", "critic", "logps", "train")}  # fast step: 5 s
+    agreement = dict(greedy_token_agreement=0.75)
+    phases["rollout"]["fast_compiled"] = dict(timing, s=0.2, first_call_s=30.0, agreement=agreement)
+    step = step_summary(phases, "real")
+    assert step["fast_s"] == 5.0 and not step["meets_goal"]
+    assert step["compiled"]["fast_s"] == pytest.approx(4.2) and not step["compiled"]["meets_goal"]
+    phases["train"]["fast"]["s"] = 0.5
+    step = step_summary(phases, "real")
+    assert step["fast_s"] == 4.5 and not step["meets_goal"]
+    assert step["compiled"]["meets_goal"] and not step["compiled"]["meets_stretch"]
+    text = table(dict(phases=phases, step=step))
+    assert "greedy tokens 75% equal" in text and "goal 4.0 s: not met" in text and "goal 4.0 s: met" in text
+    assert step_summary(phases, "tiny")["compiled"]["meets_goal"] is None  # the goal is for bench.size=real
