@@ -127,3 +127,12 @@ def test_config_check_refuses_what_it_cannot_compile_before_loading(make_config,
         build_trainer(make_config(*overrides, "perf.compiled_decode=true", override))
     with pytest.raises(no_model_loads):  # control: the same run without the switch goes on to load
         build_trainer(make_config(*overrides, override))
+
+
+def test_config_check_refuses_zero3_before_loading(make_config, no_model_loads, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")  # what `accelerate launch` sets for ZeRO-3 configs
+    overrides = ["+experiment=smoke", "perf=plain", "logging.wandb=false"]
+    with pytest.raises(ValueError, match=r"perf\.compiled_decode does not work with DeepSpeed ZeRO-3"):
+        build_trainer(make_config(*overrides, "perf.compiled_decode=true"))
+    with pytest.raises(no_model_loads):
+        build_trainer(make_config(*overrides))
