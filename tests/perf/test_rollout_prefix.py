@@ -20,9 +20,9 @@ def prompt_inputs(batch):
 def rollouts(model, handle, inputs, enabled, seed=3, **options):
     handle.enabled = enabled
     torch.manual_seed(seed)
+    options = {"max_new_tokens": 8, **options}
     with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=8, output_logits=True, return_dict_in_generate=True,
-                              pad_token_id=0, **options)
+        return model.generate(**inputs, output_logits=True, return_dict_in_generate=True, pad_token_id=0, **options)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,13 @@ def test_the_static_cache_is_kept_across_calls_and_rebuilt_for_another_batch(set
     kept = handle.static_cache
     rollouts(model, handle, inputs, enabled=True, do_sample=False, cache_implementation="static")
     assert handle.static_cache is kept  # fixed storage: compiled decode steps are reused
+    # a shorter generation reuses the longer cache: the positions past it are masked out
+    plain = rollouts(model, handle, inputs, enabled=False, do_sample=False, max_new_tokens=3)
+    short = rollouts(model, handle, inputs, enabled=True, do_sample=False, max_new_tokens=3,
+                     cache_implementation="static")
+    assert handle.static_cache is kept and torch.equal(plain.sequences, short.sequences)
+    a, b = torch.stack(plain.logits), torch.stack(short.logits)
+    assert ((a - b).abs().max() / a.abs().max()) < 1e-5
     fewer = {k: v[:3] if k != "pixel_values" else v[: int(inputs["image_grid_thw"][:6].prod(-1).sum())]
              for k, v in inputs.items()}
     fewer["image_grid_thw"] = inputs["image_grid_thw"][:6]
