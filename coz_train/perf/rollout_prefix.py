@@ -81,10 +81,13 @@ class RolloutPrefix:
         cache = prefix.cache
         if self.option(kwargs, "cache_implementation") == "static":
             cache = self.static_copy(cache, length + self.option(kwargs, "max_new_tokens"), kwargs)
-            config = copy.deepcopy(kwargs.get("generation_config") or self.inner.generation_config)
-            config.cache_implementation = None  # the cache is given; generate refuses both
+            # the cache is given: generate refuses a cache implementation beside it
             rest = {k: v for k, v in rest.items() if k not in ("cache_implementation", "max_cache_len")}
-            rest["generation_config"] = config
+            if kwargs.get("generation_config") is not None:
+                rest["generation_config"] = copy.deepcopy(kwargs["generation_config"])
+                rest["generation_config"].cache_implementation = None
+            else:
+                rest["cache_implementation"] = None
         self.calls += 1
         return self.original(**rest, cache=cache)
 
