@@ -82,7 +82,8 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
                              "generates instead. Set perf.compiled_decode=false.")
         from coz_train.perf.compiled_decode import check_cache_implementation
 
-        check_cache_implementation((cfg.grpo.generation_kwargs or {}).get("cache_implementation"))
+        check_cache_implementation((cfg.grpo.generation_kwargs or {}).get("cache_implementation")
+                                   or cfg.grpo.cache_implementation)
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":  # set by `accelerate launch` for ZeRO-3 configs
         for switch in ("vision_cache", "merge_adapters_for_generation", "compiled_decode"):
             if perf[switch]:

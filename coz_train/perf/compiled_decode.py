@@ -25,8 +25,9 @@ def check_cache_implementation(value: Any) -> None:
     """Compiled decoding needs fixed-size storage: a cache implementation of another kind is an error."""
     if value not in (None, "dynamic", "static"):
         raise ValueError(
-            f"perf.compiled_decode=true generates with a static KV cache, but grpo.generation_kwargs sets "
-            f"cache_implementation={value!r}. Remove it or set perf.compiled_decode=false."
+            f"perf.compiled_decode=true generates with a static KV cache, but the GRPO config asks for "
+            f"cache_implementation={value!r} (grpo.cache_implementation or grpo.generation_kwargs). Remove it or "
+            f"set perf.compiled_decode=false."
         )
 
 

@@ -9,7 +9,7 @@ before (same logits up to float rounding, same random draws).
 
 With a static cache (`cache_implementation="static"`, as `perf.compiled_decode` sets it), the
 repeated prefix is written into a static cache kept across calls (fixed storage, so compiled decode
-steps and CUDA graphs are reused), sized as `generate` sizes its own.
+steps and CUDA graphs are reused), its length rounded up to a multiple of STATIC_BUCKET tokens.
 
 It steps aside (plain `generate`) for calls it does not cover: no images, a cache already given,
 `num_return_sequences` > 1, or a cache implementation other than the default and static ones.
@@ -27,6 +27,8 @@ import torch
 from coz_train.perf.group_prefix import per_sample_images
 from coz_train.perf.prefix import check_supported, group_owner, images_per_row, repeat_cache, run_prefix
 
+STATIC_BUCKET = 128  # static cache lengths are rounded up to this: fewer sizes, fewer compiled graphs
+
 
 class RolloutPrefix:
     def __init__(self, inner: Any, original: Any):
@@ -36,10 +38,13 @@ class RolloutPrefix:
         self.static_cache: Any = None  # kept across calls when generating with a static cache
 
     def option(self, kwargs: dict, name: str) -> Any:
-        """A generation option as `generate` resolves it: the call's keyword first, then its config's."""
-        if kwargs.get(name) is not None:
-            return kwargs[name]
-        return getattr(kwargs.get("generation_config") or self.inner.generation_config, name, None)
+        """A generation option as `generate` resolves it: the call's keyword, else the given config's, else
+        (where that is unset) the model's own generation config."""
+        given = kwargs.get("generation_config")
+        for value in (kwargs.get(name), getattr(given, name, None)):
+            if value is not None:
+                return value
+        return getattr(self.inner.generation_config, name, None)
 
     def covers(self, kwargs: dict) -> bool:
         cache_implementation = self.option(kwargs, "cache_implementation")
@@ -77,31 +82,36 @@ class RolloutPrefix:
         repeat_cache(prefix.cache, owner)
         # the full prompt's rope delta: its last token sits at the prefix's next position
         self.inner.model.rope_deltas = (prefix.next_position[owner] + 1 - mask.sum(dim=1)).unsqueeze(1)
-        rest = {k: v for k, v in kwargs.items() if k not in ("pixel_values", "image_grid_thw")}
         cache = prefix.cache
         if self.option(kwargs, "cache_implementation") == "static":
-            cache = self.static_copy(cache, length + self.option(kwargs, "max_new_tokens"), kwargs)
-            # the cache is given: generate refuses a cache implementation beside it
-            rest = {k: v for k, v in rest.items() if k not in ("cache_implementation", "max_cache_len")}
-            if kwargs.get("generation_config") is not None:
-                rest["generation_config"] = copy.deepcopy(kwargs["generation_config"])
-                rest["generation_config"].cache_implementation = None
-            else:
-                rest["cache_implementation"] = None
+            # as generate sizes its own: the last sampled token is never fed back
+            cache = self.static_copy(cache, length + self.option(kwargs, "max_new_tokens") - 1, kwargs)
+        # the cache is given: generate refuses a cache implementation beside it, from any of its sources
+        rest = {k: v for k, v in kwargs.items()
+                if k not in ("pixel_values", "image_grid_thw", "cache_implementation", "max_cache_len")}
+        if kwargs.get("generation_config") is not None:
+            rest["generation_config"] = copy.deepcopy(kwargs["generation_config"])
+            rest["generation_config"].cache_implementation = None
         self.calls += 1
-        return self.original(**rest, cache=cache)
+        own = self.inner.generation_config
+        kept, own.cache_implementation = own.cache_implementation, None
+        try:
+            return self.original(**rest, cache=cache)
+        finally:
+            own.cache_implementation = kept
 
-    def static_copy(self, cache: Any, max_length: int, kwargs: dict) -> Any:
-        """The repeated prefix cache written into the kept static cache (a new one when the batch, dtype or
-        device changed, or it is too short; sized to the call's max length or `max_cache_len` if larger)."""
+    def static_copy(self, cache: Any, needed: int, kwargs: dict) -> Any:
+        """The repeated prefix cache written into the kept static cache. A new one is made when the batch,
+        dtype or device changed or it is too short, sized up to a multiple of STATIC_BUCKET (or to
+        `max_cache_len` if larger), so prompts a few tokens longer do not compile the decode step again."""
         from transformers import StaticCache
 
         first = cache.layers[0]
         rows, like = first.keys.shape[0], first.keys
-        size = max(max_length, self.option(kwargs, "max_cache_len") or 0)
+        size = max(-(-needed // STATIC_BUCKET) * STATIC_BUCKET, self.option(kwargs, "max_cache_len") or 0)
         kept = self.static_cache
         layer = kept.layers[0] if kept is not None else None
-        if (layer is None or not layer.is_initialized or layer.batch_size != rows or layer.max_cache_len < size
+        if (layer is None or not layer.is_initialized or layer.batch_size != rows or layer.max_cache_len < needed
                 or layer.keys.dtype != like.dtype or layer.keys.device != like.device):
             kept = self.static_cache = StaticCache(config=self.inner.config, max_cache_len=size)
         else:

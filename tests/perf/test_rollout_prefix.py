@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coz_train.perf.rollout_prefix import install_rollout_prefix
+from coz_train.perf.rollout_prefix import STATIC_BUCKET, install_rollout_prefix
 
 SIZES = [((112, 112), (56, 84)), ((56, 56), (56, 56))]  # two groups, different prompt lengths (left padding)
 
@@ -77,6 +77,8 @@ def test_the_static_cache_is_kept_across_calls_and_rebuilt_for_another_batch(set
     model, handle, inputs = setup
     rollouts(model, handle, inputs, enabled=True, do_sample=False, cache_implementation="static")
     kept = handle.static_cache
+    assert kept.layers[0].max_cache_len % STATIC_BUCKET == 0
+    assert kept.layers[0].max_cache_len >= inputs["input_ids"].shape[1] + 7
     rollouts(model, handle, inputs, enabled=True, do_sample=False, cache_implementation="static")
     assert handle.static_cache is kept  # fixed storage: compiled decode steps are reused
     # a shorter generation reuses the longer cache: the positions past it are masked out
@@ -112,6 +114,25 @@ def test_other_cache_implementations_are_not_covered(setup):
     config = GenerationConfig(cache_implementation="offloaded", max_new_tokens=4)
     assert not handle.covers(dict(inputs, generation_config=config))
     assert handle.covers(dict(inputs, generation_config=config, cache_implementation="static"))  # the call's own wins
+
+
+def test_options_resolve_as_generate_resolves_them_with_the_models_own_config(setup, monkeypatch):
+    """A given config's unset options come from the model's generation config, as in `generate`."""
+    from transformers import GenerationConfig
+
+    model, handle, inputs = setup
+    own = handle.inner.generation_config
+    monkeypatch.setattr(own, "num_return_sequences", 2)
+    assert not handle.covers(dict(inputs, generation_config=GenerationConfig(max_new_tokens=4)))
+    assert handle.covers(dict(inputs, generation_config=GenerationConfig(max_new_tokens=4, num_return_sequences=1)))
+    monkeypatch.setattr(own, "num_return_sequences", 1)
+    # a static cache asked for by the model's own config: the shared prefill goes into a static cache
+    plain = rollouts(model, handle, inputs, enabled=False, do_sample=False)
+    monkeypatch.setattr(own, "cache_implementation", "static")
+    before = handle.calls
+    shared = rollouts(model, handle, inputs, enabled=True, do_sample=False, generation_config=GenerationConfig())
+    assert handle.calls == before + 1 and own.cache_implementation == "static"  # restored after the call
+    assert torch.equal(plain.sequences, shared.sequences)
 
 
 def test_text_only_calls_go_to_plain_generate(setup):
