@@ -38,6 +38,7 @@ from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import VisionFeatureCache, install_vision_cache, uninstall_vision_cache
+from coz_train.policy.load import encode_chats
 
 log = logging.getLogger(__name__)
 
@@ -585,9 +586,7 @@ def preprocess_phase(cfg: Any, processors: tuple, batch: dict, dev: Device, shap
         generation = policy.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
         text = policy.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
         logps = policy(images=images, text=text, padding=True, return_tensors="pt")
-        critic_inputs = critic.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt",
-                                                   processor_kwargs={"padding": True})
+        critic_inputs = encode_chats(critic, conversations)  # as the critic encodes them
         return [generation, logps, critic_inputs]
 
     plain_policy, plain_critic, fast_policy, fast_critic = processors

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from coz_train.data.prompts import zoom_prompt
+from coz_train.policy.load import encode_chats
 from coz_train.tiny.models import qwen_vl_config, qwen_vl_processor
 from coz_train.tiny.tokenizer import build_tokenizer
 
@@ -125,8 +126,7 @@ def grpo_batch(processor: Any, groups: int = 2, per_group: int = 3, max_completi
             prompts.append(prepare_multimodal_messages(zoom_prompt(), images=row))
             all_images.append(row)
     processor.tokenizer.padding_side = "left"
-    enc = processor.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        return_tensors="pt", processor_kwargs={"padding": True})
+    enc = encode_chats(processor, prompts)
     n = len(prompts)
     tokenizer = processor.tokenizer
     if ragged:

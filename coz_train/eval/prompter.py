@@ -18,7 +18,7 @@ from PIL import Image
 
 from coz_train.data.prompts import zoom_prompt
 from coz_train.hub import resolve_model
-from coz_train.policy import load_processor, load_vlm
+from coz_train.policy import encode_chats, load_processor, load_vlm
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,7 @@ class VLMPrompter:
             messages = zoom_prompt(single_image=len(images) == 1)
             parts = [{"type": "image", "image": image} for image in images]
             conversations.append([messages[0], {"role": "user", "content": parts}])
-        inputs = self.processor.apply_chat_template(
-            conversations,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            processor_kwargs={"padding": True},
-        ).to(self.device)
+        inputs = encode_chats(self.processor, conversations).to(self.device)
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample)
         texts = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [text.strip() for text in texts]

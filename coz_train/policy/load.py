@@ -36,6 +36,12 @@ def load_processor(path: str, section: Any) -> Any:
     return processor
 
 
+def encode_chats(processor: Any, conversations: list) -> Any:
+    """Chat conversations (text and images) as one padded batch of model inputs, generation prompt added."""
+    return processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                         return_tensors="pt", processor_kwargs={"padding": True})
+
+
 def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
     """Qwen-style image budget (pixels per image, hence image tokens per image)."""
     if min_pixels is None and max_pixels is None:

@@ -71,7 +71,7 @@ from coz_train.hub import resolve_model
 from coz_train.perf import critic_prefix
 from coz_train.perf.critic_prefix import Generation
 from coz_train.perf.prefix import check_supported
-from coz_train.policy.load import load_processor, load_vlm, torch_dtype
+from coz_train.policy.load import encode_chats, load_processor, load_vlm, torch_dtype
 from coz_train.rewards.registry import register
 from coz_train.rewards.text import completion_text
 
@@ -158,14 +158,7 @@ class HFCritic:
         return [{"role": "user", "content": [*parts, {"type": "text", "text": instruction_text(self.cfg, text)}]}]
 
     def encode(self, conversations: list[list[dict]]) -> Any:
-        return self.processor.apply_chat_template(
-            conversations,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            processor_kwargs={"padding": True},
-        ).to(self.device)
+        return encode_chats(self.processor, conversations).to(self.device)
 
     @torch.no_grad()
     def next_token_logits(self, conversations: list[list[dict]]) -> torch.Tensor:
