@@ -61,9 +61,10 @@ class LoraSection:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     bias: str = "none"
-    # Language-model linears only (vision tower stays frozen); a regex PEFT matches on full names.
+    # Language-model linears only (vision tower stays frozen); a regex PEFT matches on full names, written so
+    # that both module layouts (transformers 5 here, 4.49 in the official inference) resolve it alike.
     target_modules: str = (
-        r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+        r"^model\.(language_model\.)?layers\.\d+\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
     )
 
 
@@ -79,6 +80,9 @@ class PolicyConfig:
     freeze_projector: bool = True
     trust_remote_code: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
+    # an existing LoRA adapter folder to start GRPO from (e.g. the released CoZ checkpoint-10000), either layout;
+    # its own config (r, alpha, modules) replaces policy.lora, and it is also the KL reference
+    init_adapter: str | None = None
 
 
 @dataclass

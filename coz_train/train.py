@@ -23,6 +23,7 @@ from coz_train.config import GRPOSection
 from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.hub import resolve_model
 from coz_train.policy import load_processor, load_vlm, lora_config
+from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from coz_train.rewards import active_rewards, build_rewards
 from coz_train.rewards.critic import critic_prefix_wanted
@@ -96,6 +97,21 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
         critic_prefix_wanted(cfg)
 
 
+def attach_lora(policy_cfg: DictConfig, model: Any) -> tuple[Any, Any]:
+    """(model, peft_config) for the trainer: a new LoRA from policy.lora, or the adapter of policy.init_adapter
+    loaded in full and trained on (TRL then keeps a frozen copy of it as the KL reference)."""
+    if not policy_cfg.init_adapter:
+        return model, lora_config(policy_cfg, model)
+    if not (policy_cfg.freeze_vision_tower and policy_cfg.freeze_projector):
+        raise ValueError("policy.init_adapter trains the given adapter as saved: leave policy.freeze_vision_tower and "
+                         "policy.freeze_projector true (the adapter's own modules_to_save still train).")
+    model = load_adapter(model, policy_cfg.init_adapter, is_trainable=True, key="policy.init_adapter")
+    config = model.peft_config["default"]
+    log.info("policy.init_adapter=%s: r=%s, lora_alpha=%s on %d modules (policy.lora is not used)",
+             policy_cfg.init_adapter, config.r, config.lora_alpha, len(config.target_modules))
+    return model, None
+
+
 def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     """Everything up to `trainer.train()`: returns the GRPOTrainer and the checkpoint to resume from."""
     from transformers import set_seed
@@ -115,12 +131,14 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
         else:
             resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
     check_perf_config(cfg, policy_path)
+    if cfg.policy.init_adapter:
+        check_adapter_folder(cfg.policy.init_adapter, "policy.init_adapter")
     resume = resume_checkpoint(cfg)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed)
     processor = load_processor(policy_path, cfg.policy)
     model = load_vlm(policy_path, cfg.policy)
-    peft_config = lora_config(cfg.policy, model)
+    model, peft_config = attach_lora(cfg.policy, model)
     reward_funcs, reward_weights = build_rewards(cfg)
     guard = UpdateGuard(cfg.reward_failure.on_failure)
     reward_funcs = guard_rewards(reward_funcs, guard, cfg.reward_failure.retries, cfg.reward_failure.backoff_s)

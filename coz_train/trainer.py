@@ -14,15 +14,21 @@
   repeated KV cache (`coz_train.perf.rollout_prefix`).
 - `compiled_decode`: rollouts generate with a static KV cache and compiled decode steps
   (`coz_train.perf.compiled_decode`); TRL's own generation config disables compilation.
+
+Every adapter the trainer writes (`checkpoint-N/`, the final `adapter/`) is rewritten into the layout
+the official Chain-of-Zoom inference loads, and resuming loads it back in full
+(`coz_train.policy.adapters`).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import torch
+from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
 from coz_train.perf.compiled_decode import compiled_generation_config
@@ -32,6 +38,7 @@ from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.merge import kept_base_weights, merged_adapters
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import install_vision_cache
+from coz_train.policy.adapters import load_adapter_weights, make_portable
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +107,24 @@ class CozGRPOTrainer(GRPOTrainer):
                 return sync(*args, **kwargs)
 
         generation.sync_weights = guarded_sync
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and is_peft_model(model):
+            make_portable(output_dir or self.args.output_dir, model)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """A checkpoint's adapters load in full whatever the layout of their tensor names (PEFT's own load
+        would silently skip the official layout's names)."""
+        model = model if model is not None else self.model
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not is_peft_model(unwrapped) or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        folder = Path(resume_from_checkpoint)
+        for name in unwrapped.peft_config:
+            path = folder if name == "default" else folder / name
+            load_adapter_weights(unwrapped, path, name, key=f"resume ({folder})")
 
     def _prepare_inputs(self, generation_batch: Any) -> Any:
         if self.perf is None or not self.perf.group_batches:

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from peft import PeftModel
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from coz_train.hub import resolve_model
+from coz_train.policy.adapters import load_adapter
 from coz_train.rewards import register
 from coz_train.train import build_trainer
 
@@ -42,16 +43,19 @@ def test_grpo_trains_every_lora_weight_and_no_base_weight(make_config, tmp_path)
     assert "reward" in logged and "critic/unparsable" in logged
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
 
-    # the saved adapter loads the way Chain-of-Zoom inference loads its GRPO adapter, with the same outputs
+    # the saved adapter is in the official inference's layout (tests/policy/test_adapters.py loads it there) and
+    # loads back here in full with the same outputs
     adapter = tmp_path / "adapter"
     trainer.save_model(str(adapter))
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    for folder in (adapter, tmp_path / "run" / "checkpoint-2"):
+        names = list(load_file(str(folder / "adapter_model.safetensors")))
+        assert len(names) == 28 and all(n.startswith("base_model.model.model.layers.") for n in names), names[:3]
     base_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path")
     processor = AutoProcessor.from_pretrained(base_path)
     inputs = model_inputs(processor)
-    reloaded = PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration.from_pretrained(base_path), str(adapter))
+    reloaded = load_adapter(Qwen2_5_VLForConditionalGeneration.from_pretrained(base_path), adapter, is_trainable=False)
     model.eval()
-    reloaded.eval()
     with torch.no_grad():
         expected = model(**inputs).logits
         got = reloaded(**inputs).logits

@@ -8,7 +8,6 @@ the adapter is attached once and switched off for the base prompts.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,30 +18,17 @@ from PIL import Image
 from coz_train.data.prompts import zoom_prompt
 from coz_train.hub import resolve_model
 from coz_train.policy import encode_chats, load_processor, load_vlm
+from coz_train.policy.adapters import AdapterError, check_adapter_folder, load_adapter
 
 log = logging.getLogger(__name__)
 
 PROMPT_SOURCES = ("null", "user", "vlm", "vlm+adapter")
 
 
-class AdapterError(ValueError):
-    pass
-
-
 def check_adapter(path: str | None) -> Path:
     if not path:
         raise AdapterError("prompt source 'vlm+adapter' needs eval.adapter=<training run>/adapter.")
-    folder = Path(path).expanduser()
-    config = folder / "adapter_config.json"
-    if not config.is_file():
-        raise AdapterError(f"eval.adapter='{path}' is not a PEFT adapter folder (no adapter_config.json).")
-    try:
-        json.loads(config.read_text())
-    except json.JSONDecodeError as err:
-        raise AdapterError(f"eval.adapter='{path}': adapter_config.json is not valid JSON ({err}).") from None
-    if not any((folder / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise AdapterError(f"eval.adapter='{path}' has no adapter weights (adapter_model.safetensors).")
-    return folder
+    return check_adapter_folder(path, "eval.adapter")
 
 
 class VLMPrompter:
@@ -60,16 +46,11 @@ class VLMPrompter:
 
     @staticmethod
     def _attach(model: Any, folder: Path, base_name: str) -> Any:
-        from peft import PeftModel
-
+        """The adapter in full (either module layout, e.g. the released CoZ checkpoint-10000), or an error."""
         try:
-            return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as err:
-            first = str(err).strip().splitlines()[0][:300]
-            raise AdapterError(
-                f"eval.adapter='{folder}' does not fit the policy {base_name} ({type(err).__name__}: {first}). "
-                "Use the adapter of a run trained on this base model (policy=... must match the training run)."
-            ) from None
+            return load_adapter(model, folder, is_trainable=False, key="eval.adapter")
+        except AdapterError as err:
+            raise AdapterError(f"{err} The policy is {base_name}: policy=... must match the adapter's base model.") from None
 
     @torch.no_grad()
     def _generate(self, pairs: list[list[Image.Image]]) -> list[str]:

@@ -4,8 +4,10 @@ import json
 import shutil
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 from PIL import Image
+from safetensors.torch import save_file
 
 from coz_train.eval.prompter import AdapterError, VLMPrompter, check_adapter, prompt_source
 from coz_train.hub import resolve_model
@@ -68,12 +70,14 @@ def test_adapters_that_are_not_peft_adapters_for_this_base(policy_cfg, adapter, 
     config = json.loads((wrong_rank / "adapter_config.json").read_text())
     config["r"] = 4  # the saved matrices are rank 8
     (wrong_rank / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterError, match="does not fit the policy"):
+    with pytest.raises(AdapterError, match="eval.adapter=.*wrong shape.*must match the adapter's base model"):
         VLMPrompter(policy_cfg, str(wrong_rank), "cpu", 8, False, 2)
 
-    wrong_modules = tmp_path / "wrong_modules"
-    shutil.copytree(adapter, wrong_modules)
-    config["r"], config["target_modules"] = 8, r"^encoder\.block\..*\.(q|v)$"  # a T5 adapter's targets
-    (wrong_modules / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterError, match="does not fit the policy"):
-        VLMPrompter(policy_cfg, str(wrong_modules), "cpu", 8, False, 2)
+    t5 = tmp_path / "t5_adapter"
+    t5.mkdir()
+    shutil.copy(adapter / "adapter_config.json", t5)
+    save_file({"base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": torch.zeros(8, 32),
+               "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight": torch.zeros(32, 8)},
+              str(t5 / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match=r"not in the policy.*encoder\.block\.0"):
+        VLMPrompter(policy_cfg, str(t5), "cpu", 8, False, 2)
