@@ -1,5 +1,7 @@
 """Short GRPO runs on the tiny models: what trains, what does not, what is saved, and that it learns."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,61 @@ def test_resume_auto_continues_from_the_newest_checkpoint(make_config, tmp_path)
     trainer.train(resume_from_checkpoint=resume)
     assert trainer.state.global_step == 3
     assert [h["step"] for h in trainer.state.log_history if "reward" in h] == [1, 2, 3]
+
+
+def released_adapter(cfg, folder):
+    """An adapter with known weights in the released checkpoint-10000's format (its config and tensor names)."""
+    from peft import get_peft_model
+
+    from coz_train.policy import load_vlm, lora_config
+    from coz_train.policy.adapters import make_portable
+
+    model = load_vlm(resolve_model(cfg.policy.name_or_path, "policy.name_or_path"), cfg.policy)
+    peft_model = get_peft_model(model, lora_config(cfg.policy, model))
+    generator = torch.Generator().manual_seed(11)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=generator) * 0.1
+    peft_model.save_pretrained(str(folder))
+    make_portable(folder, peft_model)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["target_modules"] = r"^(model).*\.(q_proj|o_proj|gate_proj|down_proj|k_proj|up_proj|v_proj)$"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("perf", ["plain", "fast"])
+def test_grpo_starts_from_an_existing_adapter_kept_as_the_reference(make_config, tmp_path, perf):
+    overrides = ["+experiment=smoke", "rewards.critic.weight=0", "grpo.max_steps=2", "grpo.save_steps=1000",
+                 "logging.wandb=false", f"perf={perf}"]
+    saved = released_adapter(make_config(*overrides), tmp_path / "checkpoint-10000")
+    trainer, _ = build_trainer(make_config(*overrides, f"policy.init_adapter={tmp_path / 'checkpoint-10000'}"))
+    model = trainer.model
+    assert not any("visual" in n for n, _ in model.named_parameters() if "lora_" in n)
+
+    def weights(adapter):
+        return {n.replace(f".{adapter}.", "."): p.detach().clone() for n, p in model.named_parameters()
+                if f".lora_B.{adapter}." in n or f".lora_A.{adapter}." in n}
+
+    start = weights("default")
+    assert len(start) == len(saved) == 28
+    for name, value in start.items():  # every saved tensor is the starting point
+        torch.testing.assert_close(value, saved[name.replace("model.language_model.", "model.")], rtol=0, atol=0)
+    assert "ref" in model.peft_config  # TRL keeps the starting adapter frozen as the KL reference
+    trainer.train()
+    after, ref = weights("default"), weights("ref")
+    assert any(not torch.equal(after[n], start[n]) for n in start)
+    assert all(torch.equal(ref[n], start[n]) for n in start)
+    trainer.save_model(str(tmp_path / "adapter"))
+    reloaded = load_adapter(Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        resolve_model("tiny:qwen2_5_vl", "policy.name_or_path")), tmp_path / "adapter", is_trainable=False)
+    for name, param in reloaded.named_parameters():
+        if ".lora_" in name:
+            torch.testing.assert_close(param, after[name.replace(".default.", ".")], rtol=0, atol=0)
+
+
+def test_init_adapter_that_is_not_an_adapter_stops_before_models_load(make_config, tmp_path):
+    from coz_train.policy.adapters import AdapterError
+
+    with pytest.raises(AdapterError, match="policy.init_adapter='.*' is not a PEFT adapter folder"):
+        build_trainer(make_config("+experiment=smoke", f"policy.init_adapter={tmp_path}"))
