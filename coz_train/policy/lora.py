@@ -3,8 +3,8 @@
 The released CoZ adapter: r=8, alpha=32, dropout 0.05, no bias, on the language model's
 q/k/v/o/gate/up/down projections; the vision tower is frozen. PEFT freezes every base weight, so
 "unfreezing" the vision tower or the projector means training them fully as `modules_to_save`
-(saved beside the adapter). The saved folder loads with
-`PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), path)`.
+(saved beside the adapter). Saved adapters are rewritten into the official inference's module
+layout and loaded back in full by `coz_train.policy.adapters`.
 """
 
 from __future__ import annotations
