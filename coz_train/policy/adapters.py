@@ -205,7 +205,7 @@ def make_portable(folder: str | Path, model: Any) -> None:
         renamed = {PEFT_PREFIX + checkpoint_name(k[len(PEFT_PREFIX):], model_type) if k.startswith(PEFT_PREFIX) else k: v
                    for k, v in tensors.items()}
         lora_modules = sorted(name for name, module in base.named_modules()
-                              if isinstance(module, BaseTunerLayer) and adapter_name in module.lora_A)
+                              if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {}))
         config = json.loads((path / CONFIG_NAME).read_text())
         config = _portable_config(config, portable_target_modules(lora_modules, all_modules, model_type), model_type)
         _write_atomically(path / WEIGHTS_NAME,

@@ -255,3 +255,26 @@ def test_adapter_written_by_the_official_stack_evaluates_here(policy_cfg, base_p
     assert lora_modules(ours) and not any("visual" in n for n in lora_modules(ours))
     torch.testing.assert_close(logits(ours, batch), official, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(official, logits(fresh_base(policy_cfg, base_path), batch), atol=1e-3)
+
+
+def test_trained_vision_modules_cross_layouts_too(policy_cfg, base_path, inputs, tmp_path):
+    """With the projector unfrozen (PEFT modules_to_save) its weights travel with the adapter, in either layout."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(policy_cfg, {"freeze_projector": False})
+    model = load_vlm(base_path, cfg)
+    peft_model = get_peft_model(model, lora_config(cfg, model))
+    generator = torch.Generator().manual_seed(5)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name or "modules_to_save" in name:
+            param.data = param.data + torch.randn(param.shape, generator=generator) * 0.1
+    peft_model.eval()
+    peft_model.save_pretrained(str(tmp_path))
+    make_portable(tmp_path, peft_model)
+    names = list(load_file(str(tmp_path / "adapter_model.safetensors")))
+    assert any(n.startswith("base_model.model.visual.merger.") for n in names), names
+    assert not any(".language_model." in n or n.startswith("base_model.model.model.visual.") for n in names)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"] == ["visual.merger"]
+    batch, _ = inputs
+    reloaded = load_adapter(load_vlm(base_path, cfg).eval(), tmp_path, is_trainable=False)
+    torch.testing.assert_close(logits(reloaded, batch), logits(peft_model, batch), rtol=1e-5, atol=1e-5)
