@@ -57,7 +57,7 @@ def test_recursive_chain_feeds_previous_state_and_zoomed_crop(start):
     class Recorder:
         name, scale, uses_prompt = "recorder", 4, True
 
-        def upscale(self, images, prompts):
+        def upscale(self, images, prompts, size=None):
             seen_inputs.append((images, prompts))
             return [im.resize((im.width * 4, im.height * 4), Image.BICUBIC) for im in images]
 

@@ -28,7 +28,7 @@ def test_method_labels_and_config_checks(make_config, adapter):
     cfg = make_config("+experiment=smoke_eval", "eval.user_prompt=fur", f"eval.adapter={adapter}",
                       "eval.prompt_sources=[null,vlm,vlm+adapter]")
     assert method_labels(cfg.eval) == [
-        "nearest", "bicubic", "onestep", "recursive_multiscale-null", "recursive_multiscale-vlm",
+        "nearest", "bicubic", "onestep-null", "recursive_multiscale-null", "recursive_multiscale-vlm",
         "recursive_multiscale-vlm+adapter", "recursive_multiscale-user",
     ]
     check_eval_config(cfg)
@@ -54,7 +54,7 @@ def test_smoke_eval_end_to_end(tmp_path, adapter):
         capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    methods = ["nearest", "bicubic", "onestep", "recursive_multiscale-null", "recursive_multiscale-vlm",
+    methods = ["nearest", "bicubic", "onestep-null", "recursive_multiscale-null", "recursive_multiscale-vlm",
                "recursive_multiscale-vlm+adapter"]
     for image in ("astronaut", "coffee"):
         for method in methods:
