@@ -67,8 +67,8 @@ def source_key(method: str) -> str:
 
 def method_sources(ev: DictConfig) -> dict[str, list[str]]:
     """Each of eval.methods -> its prompt sources ([] for the plain resizes)."""
-    sources = {"onestep": _sources(ev.onestep_prompt_sources)}
-    return {m: sources.get(m, prompt_sources(ev)) if m in PROMPTED_METHODS else [] for m in ev.methods}
+    chains, onestep = prompt_sources(ev), _sources(ev.onestep_prompt_sources)
+    return {m: (onestep if m == "onestep" else chains) if m in PROMPTED_METHODS else [] for m in ev.methods}
 
 
 def method_labels(ev: DictConfig) -> list[str]:
