@@ -208,10 +208,13 @@ class EvalConfig:
     process_size: int = 512
     scale: int = 4
     steps: int = 4  # 4x, 16x, 64x, 256x
+    # nearest | bicubic | onestep | recursive | recursive_multiscale
     methods: list[str] = field(default_factory=lambda: ["nearest", "bicubic", "onestep", "recursive_multiscale"])
-    # null | vlm | vlm+adapter | user; a bare `null` on the command line arrives as None and means "null"
+    # null | user | vlm | vlm+adapter | vlm+user | vlm+adapter+user, for recursive and recursive_multiscale;
+    # a bare `null` on the command line arrives as None and means "null"
     prompt_sources: list[str | None] = field(default_factory=lambda: ["null", "vlm"])
-    user_prompt: str | None = None
+    onestep_prompt_sources: list[str | None] = field(default_factory=lambda: ["null"])  # the same names, for onestep
+    user_prompt: str | None = None  # the `user` source; appended to the VLM prompt by the +user sources
     adapter: str | None = None  # a training run's adapter folder, for the vlm+adapter source
     max_new_tokens: int = 32
     do_sample: bool = False

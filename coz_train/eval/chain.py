@@ -5,11 +5,15 @@ centre-cropped (`coz_train.data.zoom.start_state`). For step k = 1..N:
 - `nearest` / `bicubic`: the centre P/s^k crop of the start, resized to P.
 - `onestep`: the centre P/s^k crop of the start through the backbone once, asking for a P x P
   output (the official one-step baseline: direct SR at the full zoom; the backbone brings the crop
-  to its input size its own way, see `backbones.base`).
+  to its input size its own way, see `backbones.base`). Its prompt source sees one image, the
+  crop's bicubic upscale to P: what the official code hands its DAPE tagger in this mode (the
+  official code refuses VLM prompts here; a VLM source gets the single-image message).
 - `recursive_multiscale` (CoZ): the centre P/s crop of state k-1 is the backbone's input; its
   bicubic upscale to P is the "zoomed" image; the prompt source sees [state k-1, zoomed] and
   writes the prompt; the backbone turns the crop and prompt into state k (P x P), optionally
   colour-fixed towards the zoomed image.
+- `recursive`: the same chain, but the prompt source sees only [zoomed] (official `rec_type
+  recursive`; a VLM gets the single-image message, `zoom_prompt(single_image=True)`).
 Every method yields N + 1 states (state 0 = the start) and one prompt per step.
 """
 
@@ -23,10 +27,12 @@ from PIL import Image
 from coz_train.eval.backbones.base import SRBackbone
 from coz_train.eval.colorfix import apply_colorfix
 
-PromptSource = Callable[[list[list[Image.Image]]], list[str]]  # [[previous, zoomed], ...] -> prompts
+# [[previous, zoomed], ...] (recursive_multiscale) or [[zoomed], ...] (recursive, onestep) -> one prompt per item
+PromptSource = Callable[[list[list[Image.Image]]], list[str]]
 
 RESAMPLE_METHODS = {"nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
-METHODS = ("nearest", "bicubic", "onestep", "recursive_multiscale")
+PROMPTED_METHODS = ("onestep", "recursive", "recursive_multiscale")  # results as <method>-<prompt source>
+METHODS = ("nearest", "bicubic", *PROMPTED_METHODS)
 
 
 @dataclass
@@ -63,17 +69,40 @@ def _batched(items: Sequence, batch_size: int) -> list[Sequence]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
+def _upscale(backbone: SRBackbone, images: Sequence[Image.Image], prompts: list[str], batch_size: int,
+             size: int | None = None) -> list[Image.Image]:
+    outputs: list[Image.Image] = []
+    for batch in _batched(list(range(len(images))), batch_size):
+        outputs += backbone.upscale([images[i] for i in batch], [prompts[i] for i in batch], size=size)
+    return outputs
+
+
+def _null_prompts(items: list[list[Image.Image]]) -> list[str]:
+    return [""] * len(items)
+
+
+def _zoom(image: Image.Image, side: int, size: int) -> tuple[Image.Image, Image.Image]:
+    """The centre `side` crop of image and its bicubic upscale to size x size (the "zoomed" image)."""
+    crop = centre_crop(image, side)
+    return crop, crop.resize((size, size), Image.BICUBIC)
+
+
 def onestep_chains(
-    starts: list[Image.Image], backbone: SRBackbone, scale: int, steps: int, prompt: str = "", batch_size: int = 4
+    starts: list[Image.Image],
+    backbone: SRBackbone,
+    scale: int,
+    steps: int,
+    prompt_source: PromptSource = _null_prompts,
+    method: str = "onestep-null",
+    batch_size: int = 4,
 ) -> list[Chain]:
     size = starts[0].width
-    chains = [Chain("onestep", [start]) for start in starts]
+    chains = [Chain(method, [start]) for start in starts]
     for k in range(1, steps + 1):
-        crops = [centre_crop(start, size // scale**k) for start in starts]
-        outputs: list[Image.Image] = []
-        for batch in _batched(crops, batch_size):
-            outputs += backbone.upscale(list(batch), [prompt] * len(batch), size=size)
-        for chain, out in zip(chains, outputs, strict=True):
+        crops, zoomed = zip(*(_zoom(start, size // scale**k, size) for start in starts), strict=True)
+        prompts = prompt_source([[z] for z in zoomed])
+        outputs = _upscale(backbone, crops, prompts, batch_size, size=size)
+        for chain, out, prompt in zip(chains, outputs, prompts, strict=True):
             chain.states.append(out)
             chain.prompts.append(prompt)
     return chains
@@ -88,18 +117,18 @@ def recursive_chains(
     steps: int,
     colorfix: str = "none",
     batch_size: int = 4,
+    single_image: bool = False,
 ) -> list[Chain]:
+    """The CoZ chain: `recursive_multiscale`, or `recursive` with single_image (the source sees only [zoomed])."""
     size = starts[0].width
     if scale != backbone.scale:
-        raise ValueError(f"recursive_multiscale needs eval.scale ({scale}) equal to the backbone's scale ({backbone.scale}).")
+        raise ValueError(f"{method} needs eval.scale ({scale}) equal to the backbone's scale ({backbone.scale}).")
     chains = [Chain(method, [start]) for start in starts]
     for _ in range(steps):
-        crops = [centre_crop(chain.states[-1], size // scale) for chain in chains]
-        zoomed = [crop.resize((size, size), Image.BICUBIC) for crop in crops]
-        prompts = prompt_source([[chain.states[-1], z] for chain, z in zip(chains, zoomed, strict=True)])
-        outputs: list[Image.Image] = []
-        for batch in _batched(list(range(len(chains))), batch_size):
-            outputs += backbone.upscale([crops[i] for i in batch], [prompts[i] for i in batch])
+        crops, zoomed = zip(*(_zoom(chain.states[-1], size // scale, size) for chain in chains), strict=True)
+        views = [[z] if single_image else [c.states[-1], z] for c, z in zip(chains, zoomed, strict=True)]
+        prompts = prompt_source(views)
+        outputs = _upscale(backbone, crops, prompts, batch_size)
         for chain, out, z, prompt in zip(chains, outputs, zoomed, prompts, strict=True):
             chain.states.append(apply_colorfix(colorfix, out, z))
             chain.prompts.append(prompt)

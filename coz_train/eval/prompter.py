@@ -1,9 +1,14 @@
 """Prompt sources for the CoZ chain: none, a fixed text, the base VLM, the VLM with a GRPO adapter.
 
 The VLM gets exactly the message it was trained on (`coz_train.data.prompts.zoom_prompt`: the
-paper's system text, [previous state, zoomed image] in the user turn) and writes at most
+paper's system text, [previous state, zoomed image] in the user turn; the single-image variant
+when a method hands it one image, as `recursive` and `onestep` do) and writes at most
 `eval.max_new_tokens` tokens, greedy by default. One model serves both `vlm` and `vlm+adapter`:
 the adapter is attached once and switched off for the base prompts.
+
+`user` replaces the prompt with `eval.user_prompt` (the official `--prompt_type null --prompt`);
+`vlm+user` and `vlm+adapter+user` append it to the VLM's prompt as the official `--prompt` does
+with VLM prompts: `f"{vlm}, {user},"` (`append_user_prompt`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from coz_train.policy.adapters import AdapterError, check_adapter_folder, load_a
 
 log = logging.getLogger(__name__)
 
-PROMPT_SOURCES = ("null", "user", "vlm", "vlm+adapter")
+USER_SUFFIX = "+user"
+PROMPT_SOURCES = ("null", "user", "vlm", "vlm+adapter", "vlm+user", "vlm+adapter+user")
+
+
+def uses_user_prompt(source: str) -> bool:
+    return source == "user" or source.endswith(USER_SUFFIX)
+
+
+def append_user_prompt(prompt: str, user_prompt: str) -> str:
+    """The official composition of a VLM prompt and `--prompt`: "<vlm prompt>, <user prompt>,"."""
+    return f"{prompt}, {user_prompt},"
 
 
 def check_adapter(path: str | None) -> Path:
@@ -77,14 +92,17 @@ class VLMPrompter:
 
 
 def prompt_source(name: str, prompter: VLMPrompter | None, user_prompt: str | None):
-    """A callable [[previous, zoomed], ...] -> prompts for the named source."""
+    """A callable [[previous, zoomed], ...] or [[zoomed], ...] -> prompts for the named source."""
+    if name not in PROMPT_SOURCES:
+        raise ValueError(f"eval.prompt_sources: '{name}' is not one of {PROMPT_SOURCES}.")
+    if uses_user_prompt(name) and not user_prompt:
+        raise ValueError(f"prompt source '{name}' needs eval.user_prompt='<text>'.")
     if name == "null":
-        return lambda pairs: [""] * len(pairs)
+        return lambda items: [""] * len(items)
     if name == "user":
-        if not user_prompt:
-            raise ValueError("prompt source 'user' needs eval.user_prompt='<text>'.")
-        return lambda pairs: [user_prompt] * len(pairs)
-    if name in ("vlm", "vlm+adapter"):
-        assert prompter is not None
-        return lambda pairs: prompter.prompts(pairs, use_adapter=name == "vlm+adapter")
-    raise ValueError(f"eval.prompt_sources: '{name}' is not one of {PROMPT_SOURCES}.")
+        return lambda items: [user_prompt] * len(items)
+    assert prompter is not None
+    use_adapter = name.removesuffix(USER_SUFFIX) == "vlm+adapter"
+    if not name.endswith(USER_SUFFIX):
+        return lambda items: prompter.prompts(items, use_adapter=use_adapter)
+    return lambda items: [append_user_prompt(p, user_prompt) for p in prompter.prompts(items, use_adapter=use_adapter)]

@@ -4,6 +4,14 @@
     python -m coz_train.eval +experiment=eval_qwen eval.image_dir=/data/DIV2K_train_HR \
         eval.backbone.lora_dir=/models/osediff_sd3 eval.adapter=<run>/adapter
 
+Methods (`eval.methods`): `nearest`, `bicubic` (plain resizes, one result each) and the backbone
+methods `onestep`, `recursive`, `recursive_multiscale`, one result per prompt source named
+`<method>-<source>`: `onestep-<s>` for s in `eval.onestep_prompt_sources` (default `null`), the
+two CoZ chains for s in `eval.prompt_sources` (plus `user` when `eval.user_prompt` is set and no
+listed source uses it yet). Geometry and what each prompt source sees: `coz_train.eval.chain`;
+the sources (`null`, `user`, `vlm`, `vlm+adapter`, `vlm+user`, `vlm+adapter+user`):
+`coz_train.eval.prompter`.
+
 Writes into the run folder: `per-sample/<image>/<method>/<k>.png` (k = 0 is the input) with
 `prompts.json`, `per-sample/<image>/chains.png`, `results.csv`, `results.md`, `metrics.png`.
 Everything is checked (methods, prompt sources, adapter folder, backbone name, metric names)
@@ -26,6 +34,7 @@ from coz_train.data.zoom import start_state
 from coz_train.eval.backbones import load_backbone, registered_backbones
 from coz_train.eval.chain import (
     METHODS,
+    PROMPTED_METHODS,
     RESAMPLE_METHODS,
     Chain,
     check_geometry,
@@ -35,26 +44,43 @@ from coz_train.eval.chain import (
     resample_chain,
 )
 from coz_train.eval.colorfix import COLORFIXES
-from coz_train.eval.prompter import PROMPT_SOURCES, VLMPrompter, check_adapter, prompt_source
+from coz_train.eval.prompter import PROMPT_SOURCES, VLMPrompter, check_adapter, prompt_source, uses_user_prompt
 from coz_train.eval.tables import Results, markdown, write_csv
 
 log = logging.getLogger(__name__)
 
 
+def _sources(values: Any) -> list[str]:
+    """A source list with a bare YAML/CLI `null` read as the "null" source."""
+    return ["null" if s is None else s for s in values]
+
+
 def prompt_sources(ev: DictConfig) -> list[str]:
-    """eval.prompt_sources with a bare YAML/CLI `null` read as the "null" source, plus `user` when a prompt is set."""
-    sources = ["null" if s is None else s for s in ev.prompt_sources]
-    return sources + (["user"] if ev.user_prompt and "user" not in sources else [])
+    """The CoZ chains' sources: eval.prompt_sources, plus `user` when eval.user_prompt is set and no source uses it."""
+    sources = _sources(ev.prompt_sources)
+    return sources + (["user"] if ev.user_prompt and not any(uses_user_prompt(s) for s in sources) else [])
+
+
+def source_key(method: str) -> str:
+    return "eval.onestep_prompt_sources" if method == "onestep" else "eval.prompt_sources"
+
+
+def method_sources(ev: DictConfig) -> dict[str, list[str]]:
+    """Each of eval.methods -> its prompt sources ([] for the plain resizes)."""
+    chains, onestep = prompt_sources(ev), _sources(ev.onestep_prompt_sources)
+    return {m: (onestep if m == "onestep" else chains) if m in PROMPTED_METHODS else [] for m in ev.methods}
 
 
 def method_labels(ev: DictConfig) -> list[str]:
-    labels = []
-    for method in ev.methods:
-        if method == "recursive_multiscale":
-            labels += [f"recursive_multiscale-{source}" for source in prompt_sources(ev)]
-        else:
-            labels.append(method)
+    """Result names: the method, or `<method>-<source>` for a method with prompts."""
+    labels: list[str] = []
+    for method, sources in method_sources(ev).items():
+        labels += [f"{method}-{s}" for s in sources] if sources else [method]
     return labels
+
+
+def used_sources(ev: DictConfig) -> set[str]:
+    return {s for sources in method_sources(ev).values() for s in sources}
 
 
 def check_eval_config(cfg: DictConfig) -> None:
@@ -62,14 +88,20 @@ def check_eval_config(cfg: DictConfig) -> None:
     unknown = [m for m in ev.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"eval.methods: {unknown} not among {list(METHODS)}.")
-    sources = prompt_sources(ev)
-    bad_sources = [s for s in sources if s not in PROMPT_SOURCES]
-    if bad_sources:
-        raise ValueError(f"eval.prompt_sources: {bad_sources} not among {list(PROMPT_SOURCES)}.")
-    if "recursive_multiscale" in ev.methods and "vlm+adapter" in sources:
+    for key, sources in (("eval.prompt_sources", prompt_sources(ev)),
+                         ("eval.onestep_prompt_sources", _sources(ev.onestep_prompt_sources))):
+        bad_sources = [s for s in sources if s not in PROMPT_SOURCES]
+        if bad_sources:
+            raise ValueError(f"{key}: {bad_sources} not among {list(PROMPT_SOURCES)}.")
+    for method, sources in method_sources(ev).items():
+        if method in PROMPTED_METHODS and not sources:
+            raise ValueError(f"eval.methods has '{method}' but {source_key(method)} is empty (e.g. [null]).")
+        needs_user = [s for s in sources if uses_user_prompt(s)]
+        if needs_user and not ev.user_prompt:
+            raise ValueError(f"{source_key(method)} has {needs_user} (for {method}) but eval.user_prompt is empty: "
+                             "set eval.user_prompt='<text>' or drop those sources.")
+    if any("vlm+adapter" in s for s in used_sources(ev)):
         check_adapter(ev.adapter)
-    if "user" in sources and not ev.user_prompt:
-        raise ValueError("eval.prompt_sources has 'user' but eval.user_prompt is empty.")
     if ev.colorfix not in COLORFIXES:
         raise ValueError(f"eval.colorfix='{ev.colorfix}' is not one of {COLORFIXES}.")
     if ev.backbone.name not in registered_backbones():
@@ -113,16 +145,17 @@ def run_chains(cfg: DictConfig, starts: list, backbone: Any, prompter: VLMPrompt
     ev = cfg.eval
     chains: dict[str, list[Chain]] = {}
     for label in method_labels(ev):
-        if label in RESAMPLE_METHODS:
-            chains[label] = [resample_chain(s, label, ev.scale, ev.steps) for s in starts]
-        elif label == "onestep":
-            chains[label] = onestep_chains(starts, backbone, ev.scale, ev.steps, batch_size=ev.batch_size)
+        method, _, source = label.partition("-")
+        if method in RESAMPLE_METHODS:
+            chains[label] = [resample_chain(s, method, ev.scale, ev.steps) for s in starts]
+            log.info("%s: done", label)
+            continue
+        prompts = prompt_source(source, prompter, ev.user_prompt)
+        if method == "onestep":
+            chains[label] = onestep_chains(starts, backbone, ev.scale, ev.steps, prompts, label, ev.batch_size)
         else:
-            source = label.split("-", 1)[1]
-            chains[label] = recursive_chains(
-                starts, backbone, prompt_source(source, prompter, ev.user_prompt), label, ev.scale, ev.steps,
-                ev.colorfix, ev.batch_size,
-            )
+            chains[label] = recursive_chains(starts, backbone, prompts, label, ev.scale, ev.steps, ev.colorfix,
+                                             ev.batch_size, single_image=method == "recursive")
         log.info("%s: done", label)
     return chains
 
@@ -160,12 +193,12 @@ def evaluate(cfg: DictConfig) -> Path:
         log.warning("Metric %s unavailable: %s", name, reason)
 
     images = eval_images(ev)
-    needs_vlm = "recursive_multiscale" in ev.methods and any(s.startswith("vlm") for s in prompt_sources(ev))
-    needs_backbone = any(m in ev.methods for m in ("onestep", "recursive_multiscale"))
+    sources = used_sources(ev)
+    needs_backbone = any(m in ev.methods for m in PROMPTED_METHODS)
     backbone = load_backbone(ev.backbone.name, ev.backbone, device) if needs_backbone else None
     prompter = None
-    if needs_vlm:
-        adapter = ev.adapter if "vlm+adapter" in prompt_sources(ev) else None
+    if any(s.startswith("vlm") for s in sources):
+        adapter = ev.adapter if any("vlm+adapter" in s for s in sources) else None
         prompter = VLMPrompter(cfg.policy, adapter, device, ev.max_new_tokens, ev.do_sample, ev.batch_size)
 
     results = Results()

@@ -1,4 +1,4 @@
-"""Chain geometry per step, on a real resampler backbone and a recording prompt source."""
+"""Chain geometry per step, on real backbones (a resampler; the tiny OSEDiff-SD3) and recording prompt sources."""
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from coz_train.eval.chain import (
     resample_chain,
 )
 from coz_train.eval.colorfix import adain, apply_colorfix, wavelet
+from coz_train.eval.prompter import prompt_source
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,10 @@ def start():
 
 def same(a, b):
     return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def px(image):
+    return np.asarray(image, dtype=np.int16)
 
 
 def test_resample_chain_crops_the_centre_of_the_start(start):
@@ -43,6 +48,72 @@ def test_onestep_runs_the_backbone_once_on_the_zoomed_crop(start):
     assert all(s.size == (128, 128) for s in chain.states)
 
 
+class RecordingSource:
+    """A prompt source that keeps what it was shown and writes one distinct prompt per call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, items):
+        self.calls.append(items)
+        return [f"step {len(self.calls)}"] * len(items)
+
+
+def test_onestep_prompt_source_sees_only_the_zoomed_crop_of_the_start(start):
+    backbone, source = load_backbone("bicubic", {}, None), RecordingSource()
+    chains = onestep_chains([start, start.rotate(90)], backbone, 4, 3, source, "onestep-vlm", batch_size=1)
+    assert [c.method for c in chains] == ["onestep-vlm"] * 2
+    assert [c.prompts for c in chains] == [["step 1", "step 2", "step 3"]] * 2
+    for k, items in enumerate(source.calls, start=1):
+        assert [len(views) for views in items] == [1, 1]  # one image per chain, never [previous, zoomed]
+        for chain, [zoomed] in zip(chains, items, strict=True):
+            assert same(zoomed, centre_crop(chain.states[0], 128 // 4**k).resize((128, 128), Image.BICUBIC))
+
+
+def test_recursive_prompt_source_sees_only_the_zoomed_crop_of_the_previous_state(start):
+    backbone = load_backbone("bicubic", {}, None)
+    single, multi = RecordingSource(), RecordingSource()
+    starts = [start, start.transpose(Image.FLIP_TOP_BOTTOM)]
+    chains = recursive_chains(starts, backbone, single, "recursive-vlm", 4, 3, batch_size=1, single_image=True)
+    both = recursive_chains(starts, backbone, multi, "recursive_multiscale-vlm", 4, 3, single_image=False)
+    assert [c.prompts for c in chains] == [["step 1", "step 2", "step 3"]] * 2
+    for k in range(1, 4):
+        for i, chain in enumerate(chains):
+            [zoomed] = single.calls[k - 1][i]
+            expected = centre_crop(chain.states[k - 1], 32).resize((128, 128), Image.BICUBIC)
+            assert same(zoomed, expected)
+            assert same(chain.states[k], expected)  # the bicubic backbone on the 32 px crop
+            assert [len(views) for views in multi.calls[k - 1]] == [2, 2]
+            assert same(multi.calls[k - 1][i][1], zoomed)  # the same zoom; only what the source sees differs
+            assert same(multi.calls[k - 1][i][0], both[i].states[k - 1])
+
+
+@pytest.fixture(scope="module")
+def osediff(tmp_path_factory):
+    """The real OSEDiff-SD3 backbone on the tiny random SD3: its output depends on the prompt."""
+    from coz_train.tiny.sd3 import ensure_tiny_sd3, write_official_lora_files
+
+    sd3, folder = ensure_tiny_sd3(), tmp_path_factory.mktemp("osediff_lora")
+    write_official_lora_files(sd3, folder, seed=1)
+    return load_backbone("osediff_sd3", {"sd3": sd3, "lora_dir": str(folder), "dtype": "float32"}, None)
+
+
+def test_onestep_and_recursive_prompts_reach_the_backbone(start, osediff):
+    user = prompt_source("user", None, "fur, whiskers")
+    null = prompt_source("null", None, None)
+    [prompted] = onestep_chains([start], osediff, 4, 2, user, "onestep-user")
+    [plain] = onestep_chains([start], osediff, 4, 2, null, "onestep-null")
+    assert prompted.prompts == ["fur, whiskers"] * 2 and plain.prompts == ["", ""]
+    for k in (1, 2):
+        crop = centre_crop(start, 128 // 4**k)
+        [direct] = osediff.upscale([crop], ["fur, whiskers"], size=128)
+        assert np.abs(px(prompted.states[k]) - px(direct)).max() <= 1
+        assert np.abs(px(prompted.states[k]) - px(plain.states[k])).mean() > 0.5  # the prompt changed the image
+    [rec] = recursive_chains([start], osediff, user, "recursive-user", 4, 1, single_image=True)
+    [direct] = osediff.upscale([centre_crop(start, 32)], ["fur, whiskers"])
+    assert np.abs(px(rec.states[1]) - px(direct)).max() <= 1
+
+
 def test_fixed_input_backbones_get_the_crop_resized_to_their_input():
     from coz_train.eval.backbones.base import fit_input
 
@@ -57,7 +128,7 @@ def test_recursive_chain_feeds_previous_state_and_zoomed_crop(start):
     class Recorder:
         name, scale, uses_prompt = "recorder", 4, True
 
-        def upscale(self, images, prompts):
+        def upscale(self, images, prompts, size=None):
             seen_inputs.append((images, prompts))
             return [im.resize((im.width * 4, im.height * 4), Image.BICUBIC) for im in images]
 

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from PIL import Image
 from safetensors.torch import save_file
 
-from coz_train.eval.prompter import AdapterError, VLMPrompter, check_adapter, prompt_source
+from coz_train.eval.prompter import AdapterError, VLMPrompter, append_user_prompt, check_adapter, prompt_source
 from coz_train.hub import resolve_model
 from coz_train.policy import load_vlm
 
@@ -43,6 +43,20 @@ def test_base_and_adapter_prompts_from_one_model(policy_cfg, adapter):
     assert prompter.prompts(pairs(), use_adapter=False) == base  # greedy: deterministic, adapter really off
     plain = VLMPrompter(policy_cfg, None, "cpu", max_new_tokens=8, do_sample=False, batch_size=3)
     assert plain.prompts(pairs(), use_adapter=False) == base  # batching and the disabled adapter change nothing
+
+
+def test_user_text_is_appended_to_vlm_prompts_as_the_official_prompt_flag(policy_cfg, adapter):
+    assert append_user_prompt("a cat on a sofa", "fur, whiskers") == "a cat on a sofa, fur, whiskers,"
+    prompter = VLMPrompter(policy_cfg, str(adapter), "cpu", max_new_tokens=8, do_sample=False, batch_size=2)
+    single = [[views[1]] for views in pairs()]  # the recursive / onestep view: the zoomed image alone
+    for base, items in (("vlm", pairs()), ("vlm+adapter", pairs()), ("vlm", single)):
+        vlm = prompt_source(base, prompter, None)(items)
+        appended = prompt_source(f"{base}+user", prompter, "fur, whiskers")(items)
+        assert appended == [f"{p}, fur, whiskers," for p in vlm]
+    assert prompt_source("user", None, "fur, whiskers")(single) == ["fur, whiskers"] * 3  # `user` alone replaces
+    assert prompt_source("vlm", prompter, None)(single) != prompt_source("vlm", prompter, None)(pairs())
+    with pytest.raises(ValueError, match="eval.user_prompt"):
+        prompt_source("vlm+adapter+user", prompter, "")
 
 
 def test_fixed_sources():

@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from peft import LoraConfig, get_peft_model
@@ -24,11 +25,46 @@ def adapter(compose_cfg, tmp_path_factory):
     return folder
 
 
+def test_labels_and_checks_of_the_recursive_onestep_and_appending_modes(make_config, adapter):
+    cfg = make_config("+experiment=smoke_eval", "eval.methods=[nearest,onestep,recursive,recursive_multiscale]",
+                      "eval.onestep_prompt_sources=[null,vlm,user]", "eval.prompt_sources=[null,vlm+user]",
+                      "eval.user_prompt='fur, whiskers'")
+    assert method_labels(cfg.eval) == [
+        "nearest", "onestep-null", "onestep-vlm", "onestep-user", "recursive-null", "recursive-vlm+user",
+        "recursive_multiscale-null", "recursive_multiscale-vlm+user",
+    ]  # vlm+user already uses eval.user_prompt: no `user` source is added
+    check_eval_config(cfg)
+    with_user = make_config("+experiment=smoke_eval", "eval.methods=[recursive]", "eval.user_prompt=fur")
+    assert method_labels(with_user.eval) == ["recursive-null", "recursive-vlm", "recursive-user"]
+    check_eval_config(make_config("+experiment=smoke_eval", "eval.methods=[onestep]", f"eval.adapter={adapter}",
+                                  "eval.onestep_prompt_sources=[vlm+adapter]"))
+    for overrides, message in [
+        (["eval.prompt_sources=[null,vlm+user]"], r"eval\.prompt_sources has \['vlm\+user'\].*eval\.user_prompt"),
+        (["eval.methods=[onestep]", "eval.onestep_prompt_sources=[vlm+adapter+user]", f"eval.adapter={adapter}"],
+         r"eval\.onestep_prompt_sources has \['vlm\+adapter\+user'\].*eval\.user_prompt"),
+        (["eval.methods=[onestep]", "eval.onestep_prompt_sources=[user]", "eval.user_prompt=''"],
+         r"eval\.onestep_prompt_sources.*eval\.user_prompt"),
+        (["eval.onestep_prompt_sources=[dape]"], r"eval\.onestep_prompt_sources: \['dape'\]"),
+        (["eval.methods=[onestep]", "eval.onestep_prompt_sources=[]"], r"eval\.onestep_prompt_sources is empty"),
+        (["eval.methods=[recursive]", "eval.prompt_sources=[]"], r"eval\.prompt_sources is empty"),
+        (["eval.methods=[onestep]", "eval.onestep_prompt_sources=[vlm+adapter]"], r"eval\.adapter"),
+        (["eval.methods=[recursive]", "eval.prompt_sources=[vlm+adapter+user]", "eval.user_prompt=fur"],
+         r"eval\.adapter"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_eval_config(make_config("+experiment=smoke_eval", *overrides))
+    # before any model or metric loads: the run stops at once, with nothing written
+    bad = make_config("+experiment=smoke_eval", "eval.methods=[recursive]", "eval.prompt_sources=[vlm+user]")
+    with pytest.raises(ValueError, match=r"eval\.user_prompt is empty"):
+        evaluate(bad)
+    assert not (Path(bad.output_dir) / "per-sample").exists()
+
+
 def test_method_labels_and_config_checks(make_config, adapter):
     cfg = make_config("+experiment=smoke_eval", "eval.user_prompt=fur", f"eval.adapter={adapter}",
                       "eval.prompt_sources=[null,vlm,vlm+adapter]")
     assert method_labels(cfg.eval) == [
-        "nearest", "bicubic", "onestep", "recursive_multiscale-null", "recursive_multiscale-vlm",
+        "nearest", "bicubic", "onestep-null", "recursive_multiscale-null", "recursive_multiscale-vlm",
         "recursive_multiscale-vlm+adapter", "recursive_multiscale-user",
     ]
     check_eval_config(cfg)
@@ -54,7 +90,7 @@ def test_smoke_eval_end_to_end(tmp_path, adapter):
         capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    methods = ["nearest", "bicubic", "onestep", "recursive_multiscale-null", "recursive_multiscale-vlm",
+    methods = ["nearest", "bicubic", "onestep-null", "recursive_multiscale-null", "recursive_multiscale-vlm",
                "recursive_multiscale-vlm+adapter"]
     for image in ("astronaut", "coffee"):
         for method in methods:
@@ -75,6 +111,36 @@ def test_smoke_eval_end_to_end(tmp_path, adapter):
     md = (run / "results.md").read_text()
     assert "## niqe (lower is better)" in md and "- musiq:" in md
     assert (run / "metrics.png").is_file()
+
+
+@pytest.mark.slow
+def test_recursive_onestep_and_appended_prompts_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "coz_train.eval", "+experiment=smoke_eval", "eval.max_images=1", "eval.steps=2",
+         "eval.methods=[onestep,recursive]", "eval.onestep_prompt_sources=[null,vlm,user]",
+         "eval.prompt_sources=[vlm,vlm+user]", "eval.user_prompt='fur, whiskers'", "eval.metrics=[piqe]",
+         "eval.figures=false", f"hydra.run.dir={run}"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    methods = ["onestep-null", "onestep-vlm", "onestep-user", "recursive-vlm", "recursive-vlm+user"]
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert list(rows[0]) == ["method", "scale", "metric", "mean", "std", "n"]
+    assert sorted((r["method"], r["scale"]) for r in rows) == sorted((m, s) for m in methods for s in ("4", "16"))
+    assert all(r["metric"] == "piqe" and r["n"] == "1" for r in rows)
+    folder = run / "per-sample" / "astronaut"
+    prompts = {m: json.loads((folder / m / "prompts.json").read_text()) for m in methods}
+    assert prompts["onestep-null"] == {"1": "", "2": ""}
+    assert prompts["onestep-user"] == {"1": "fur, whiskers", "2": "fur, whiskers"}
+    assert all(isinstance(p, str) for p in prompts["onestep-vlm"].values())
+    # Real-ESRGAN ignores prompts, so both recursive chains show the VLM the same images: the +user
+    # prompts are the VLM's own with the user text appended as the official --prompt does
+    for k in ("1", "2"):
+        assert prompts["recursive-vlm+user"][k] == f"{prompts['recursive-vlm'][k]}, fur, whiskers,"
+    assert (folder / "recursive-vlm+user" / "2.png").is_file()
+    md = (run / "results.md").read_text()
+    assert all(f"| {m} |" in md for m in methods)
 
 
 def test_same_config_and_seed_give_the_same_numbers_and_images(make_config, tmp_path):
