@@ -117,7 +117,7 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     check_perf_config(cfg, policy_path)
     resume = resume_checkpoint(cfg)
 
-    dataset = build_zoom_dataset(cfg.data, cfg.seed)
+    dataset = build_zoom_dataset(cfg.data, cfg.seed, cfg.policy)
     processor = load_processor(policy_path, cfg.policy)
     model = load_vlm(policy_path, cfg.policy)
     peft_config = lora_config(cfg.policy, model)
