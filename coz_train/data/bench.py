@@ -67,7 +67,9 @@ def time_backbone(name: str, start: Any, depth: int, device: torch.device, workd
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other processes on the cores slow every number down
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads, load average {load} at the end")
 
 
 def bench(names: list[str], size: int, depth: int, image: str, device: torch.device, out: Path | None) -> dict:

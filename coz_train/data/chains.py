@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def chain_key(data_cfg: Any, policy_cfg: Any | None) -> dict:
         if policy_cfg is None:
             raise ValueError("data.backbone_prompts=vlm needs the policy config (policy.name_or_path).")
         prompts.update(vlm=path_identity(policy_cfg.name_or_path), revision=policy_cfg.revision,
-                       tokens=data_cfg.backbone_prompt_tokens, min_pixels=policy_cfg.min_pixels,
+                       dtype=policy_cfg.dtype, tokens=data_cfg.backbone_prompt_tokens, min_pixels=policy_cfg.min_pixels,
                        max_pixels=policy_cfg.max_pixels)
     return {"chain_format": CHAIN_FORMAT, "backbone": OmegaConf.to_container(bcfg, resolve=True),
             "weights": weights_identity(bcfg), "prompts": prompts, "chunk_images": data_cfg.chunk_images}
@@ -305,8 +306,34 @@ def build_shard(data_cfg: Any, seed: int, policy_cfg: Any | None, source: Any, t
     return parts
 
 
+def _wait_for(target: Path) -> datasets.Dataset:
+    """Ranks other than each node's first wait for its build instead of making the same chains again."""
+    waited = 0
+    while not (target / "dataset_info.json").is_file():
+        if waited % 300 == 0:
+            log.info("Backbone chains: rank %s waits for local rank 0 to build %s", os.environ.get("RANK"), target)
+        time.sleep(5)
+        waited += 5
+    return datasets.load_from_disk(str(target))
+
+
 def build_backbone_dataset(data_cfg: Any, seed: int, policy_cfg: Any | None, source: Any, target: Path) -> datasets.Dataset:
-    """Every part (built here where missing), merged in source order and published as `target`."""
+    """Every part (built here where missing), merged in source order and published as `target`.
+
+    In a multi-process launch only local rank 0 builds (the others wait for `target`); several nodes on one
+    shared cache should build ahead (`python -m coz_train.data`), though concurrent builders only duplicate work.
+    """
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return _wait_for(target)
+    try:
+        return _build_and_merge(data_cfg, seed, policy_cfg, source, target)
+    except OSError:
+        if (target / "dataset_info.json").is_file():  # another builder published (and removed the parts) first
+            return datasets.load_from_disk(str(target))
+        raise
+
+
+def _build_and_merge(data_cfg: Any, seed: int, policy_cfg: Any | None, source: Any, target: Path) -> datasets.Dataset:
     chunks = _chunks(len(source.items), data_cfg.chunk_images)
     parts = target.with_name(f"{target.name}.parts")
     builder = ChainBuilder(data_cfg, seed, policy_cfg)

@@ -200,6 +200,14 @@ def test_interrupted_build_resumes_from_its_finished_parts(make_config, tmp_path
     assert not list((tmp_path / "b").glob("*.parts"))  # merged: the parts are gone
 
 
+def test_max_images_across_parts(make_config, tmp_path):
+    """A part stops at max_images usable images, and the merge keeps the first max_images over all parts."""
+    overrides = ["data.upscaler=realesrgan_x4plus", "data.max_images=3"]
+    one = build_zoom_dataset(cfg_for(make_config, *overrides, "data.chunk_images=1").data, seed=0)
+    two = build_zoom_dataset(cfg_for(make_config, *overrides, "data.chunk_images=2").data, seed=0)
+    assert len(one) == 3 * 2 and same_rows(one, two)
+
+
 def prebuild(make_config, *overrides: str):
     from coz_train.data.__main__ import prebuild as run
 
