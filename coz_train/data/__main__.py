@@ -55,4 +55,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
+        sys.argv.append("hydra.job.name=data")  # the run folder's log is data.log, not train.log
     main()

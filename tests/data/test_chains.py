@@ -238,7 +238,7 @@ def test_prebuild_command_end_to_end(make_config, tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "coz_train.data", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    log = (tmp_path / "run" / "train.log").read_text()
+    log = (tmp_path / "run" / "data.log").read_text()
     assert "backbone chains: 100%" in log  # the progress bar, on the log
     assert "Training samples ready: 2 rows" in log
     calls = counting_rows(monkeypatch)
