@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 CHAIN_FORMAT = 1  # bump when the rows of backbone chains change (resampler caches are not affected)
 PROMPT_SOURCES = ("null", "vlm", "text")
+OSEDIFF_LORA_HELP = ("data.upscaler=osediff_sd3 needs data.backbone.lora_dir=<folder with the OSEDiff-SD3 LoRA files "
+                     "(model_20001.pkl, vae_encoder_20001.pt) or a CoZ ckpt/ folder>.")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".json", ".model")
 
 
@@ -91,6 +93,8 @@ def check_chain_config(data_cfg: Any) -> None:
         raise ValueError(f"data.shard={data_cfg.shard} must be in [0, data.num_shards={data_cfg.num_shards}).")
     if data_cfg.device != "auto" and not str(data_cfg.device).startswith(("cpu", "cuda")):
         raise ValueError(f"data.device='{data_cfg.device}' is not auto, cpu or cuda[:N].")
+    if data_cfg.upscaler == "osediff_sd3" and not backbone_config(data_cfg).lora_dir:
+        raise ValueError(OSEDIFF_LORA_HELP)
 
 
 def backbone_config(data_cfg: Any) -> Any:
@@ -138,8 +142,7 @@ def weights_identity(bcfg: Any) -> Any:
         from coz_train.eval.backbones.osediff_sd3 import DEFAULT_SD3, _find_lora_file
 
         if not bcfg.lora_dir:
-            raise ValueError("data.upscaler=osediff_sd3 needs data.backbone.lora_dir=<folder with the OSEDiff-SD3 "
-                             "LoRA files (model_20001.pkl, vae_encoder_20001.pt) or a CoZ ckpt/ folder>.")
+            raise ValueError(OSEDIFF_LORA_HELP)
         lora_dir = Path(bcfg.lora_dir).expanduser()
         loras = [_find_lora_file(lora_dir, bcfg.transformer_lora, "SR_LoRA"), _find_lora_file(lora_dir, bcfg.vae_lora, "SR_VAE")]
         return [path_identity(bcfg.sd3 or DEFAULT_SD3)] + [[p.name, sha256_file(p)] for p in loras]

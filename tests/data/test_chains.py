@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import coz_train.data.chains as chains
-from coz_train.data import build_zoom_dataset
+from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.data.dataset import CACHE_FORMAT, GEOMETRY_KEYS, _rows, cache_key, cache_target, image_source
 from coz_train.data.images import SkipReport
 from coz_train.data.zoom import start_state
@@ -107,7 +107,7 @@ def test_bad_config_names_the_key_before_any_model_loads(make_config, monkeypatc
         with pytest.raises(ValueError, match=message):
             build_zoom_dataset(cfg_for(make_config, *upscaler, override).data, seed=0)
     with pytest.raises(ValueError, match="data.backbone.lora_dir"):
-        build_zoom_dataset(cfg_for(make_config, "data.upscaler=osediff_sd3").data, seed=0)
+        check_data_config(cfg_for(make_config, "data.upscaler=osediff_sd3").data)
     with pytest.raises(ValueError, match="python -m coz_train.data"):
         build_zoom_dataset(cfg_for(make_config, "data.upscaler=realesrgan_x4plus", "data.num_shards=2").data, seed=0)
 
