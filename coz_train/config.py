@@ -48,11 +48,25 @@ class DataConfig:
     depth: int = 4  # zoom depths 1..depth: 4x, 16x, 64x, 256x
     crop: str = "center"  # center (as inference) | random
     chains_per_image: int = 1  # with crop=random: independent random chains per image
-    upscaler: str = "bicubic"  # how a crop is brought back to process_size
+    # how state k is made from the crop of state k-1: a resampler (bicubic | lanczos | bilinear | nearest,
+    # fast, state k = the zoomed image) or a registered SR backbone (realesrgan_x4plus | osediff_sd3 | ...,
+    # the official recursive_multiscale chain; see coz_train/data/chains.py)
+    upscaler: str = "bicubic"
     small_images: str = "upscale"  # images with short side < process_size: upscale | skip
     max_image_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
     cache_dir: str | None = None  # Arrow cache of built samples; default ~/.cache/coz_train/zoom_pairs
     single_image_prompt: bool = False  # the paper's single-image variant (`recursive` mode)
+    # --- chains made by an SR backbone (data.upscaler=<backbone>); none of these matter for resamplers
+    # keys of conf/eval/backbone/<upscaler>.yaml (the eval.backbone schema); null = the value in that file
+    backbone: DataBackboneSection = field(default_factory=lambda: DataBackboneSection())
+    backbone_prompts: str | None = None  # prompts for a prompt-conditioned backbone: null | vlm (base policy) | text
+    backbone_prompt_text: str | None = None  # the fixed prompt of backbone_prompts=text
+    backbone_prompt_tokens: int = 32  # backbone_prompts=vlm: max new tokens (the official release's 32), greedy
+    backbone_batch_size: int = 4  # images per backbone / VLM call
+    chunk_images: int = 16  # source images per cached part: the unit of resume and of sharding
+    device: str = "auto"  # where the backbone and prompt VLM run: auto (cuda if available) | cpu | cuda:N
+    shard: int = 0  # python -m coz_train.data: build the parts of shard `shard` of `num_shards` only
+    num_shards: int = 1
 
 
 @dataclass
@@ -198,6 +212,25 @@ class BackboneSection:
     latent: str = "sample"  # sample (official) | mode
     seed: int = 42  # the VAE latent sample's noise
     encode_shift: bool = False  # official test code does not subtract the VAE shift factor
+
+
+def _data_backbone_section() -> type:
+    """`data.backbone`: every key of `BackboneSection` but `name` (that is data.upscaler), each optional.
+
+    None means "the value of conf/eval/backbone/<data.upscaler>.yaml" (else the schema default), so
+    `data.backbone.lora_dir=/models/osediff` sets one key and the rest follow the eval backbone's file.
+    """
+    specs = []
+    for f in dataclasses.fields(BackboneSection):
+        if f.name == "name":
+            continue
+        kind = f.type if not isinstance(f.type, str) else {"int": int, "str": str, "bool": bool, "float": float}.get(
+            f.type.replace(" | None", ""), Any)
+        specs.append((f.name, Optional[kind], field(default=None)))  # noqa: UP045 - OmegaConf reads typing.Optional
+    return dataclasses.make_dataclass("DataBackboneSection", specs)
+
+
+DataBackboneSection = _data_backbone_section()
 
 
 @dataclass

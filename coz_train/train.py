@@ -135,7 +135,7 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
         check_adapter_folder(cfg.policy.init_adapter, "policy.init_adapter")
     resume = resume_checkpoint(cfg)
 
-    dataset = build_zoom_dataset(cfg.data, cfg.seed)
+    dataset = build_zoom_dataset(cfg.data, cfg.seed, cfg.policy)
     processor = load_processor(policy_path, cfg.policy)
     model = load_vlm(policy_path, cfg.policy)
     model, peft_config = attach_lora(cfg.policy, model)

@@ -5,6 +5,8 @@ One row per (image, chain, depth): `prompt` (the CoZ message, conversational), `
 with `datasets` under `<cache_dir>/<key>`, where the key hashes the data config, the seed (for
 random crops) and the list of source files with their sizes and times, so a second run with the
 same data loads them instead of rebuilding, and any change to the images or the config rebuilds.
+With `data.upscaler` an SR backbone the rows are made chunk by chunk by `coz_train.data.chains`
+(resumable, shardable) under the same kind of key, extended by the backbone's identity.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from coz_train.data.chains import build_backbone_dataset, chain_key, check_chain_config, uses_backbone
 from coz_train.data.images import NoUsableImagesError, SkipReport, list_image_files, load_rgb, shipped_images
 from coz_train.data.prompts import zoom_prompt
 from coz_train.data.zoom import resampler, start_state, zoom_chain
@@ -101,11 +104,13 @@ class _ColumnView:
         return self.ds[i][self.column]
 
 
-def cache_key(data_cfg: Any, seed: int, signature: Any) -> str:
+def cache_key(data_cfg: Any, seed: int, signature: Any, extra: Any = None) -> str:
+    """`extra`: what a backbone chain adds (`chains.chain_key`); resampler keys stay as they were."""
     geometry = {k: data_cfg[k] for k in GEOMETRY_KEYS}
     if data_cfg.crop == "random":
         geometry["seed"] = seed
-    blob = json.dumps([CACHE_FORMAT, geometry, signature], sort_keys=True, default=str)
+    blob = json.dumps([CACHE_FORMAT, geometry, signature] + ([extra] if extra is not None else []), sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -140,7 +145,7 @@ def check_data_config(data_cfg: Any) -> None:
         raise ValueError(f"data.process_size={data_cfg.process_size} is too small for data.scale={data_cfg.scale}.")
     if data_cfg.small_images not in ("upscale", "skip"):
         raise ValueError(f"data.small_images='{data_cfg.small_images}' must be 'upscale' or 'skip'.")
-    resampler(data_cfg.upscaler)
+    check_chain_config(data_cfg)
     if not (data_cfg.image_dir or data_cfg.dataset or data_cfg.shipped_images):
         raise ValueError(
             "No training images: set data.image_dir=<folder of HR images> or data.dataset=<Hugging Face dataset>."
@@ -149,16 +154,30 @@ def check_data_config(data_cfg: Any) -> None:
         raise FileNotFoundError(f"data.image_dir='{data_cfg.image_dir}' is not a folder: point it at a folder of images.")
 
 
-def build_zoom_dataset(data_cfg: Any, seed: int) -> datasets.Dataset:
-    """The zoom-pair dataset for this config, from the cache when it is there."""
-    check_data_config(data_cfg)
-    source = image_source(data_cfg)
+def cache_target(data_cfg: Any, seed: int, policy_cfg: Any | None, source: ImageSource) -> Path:
+    """Where this config's samples are (or will be) published."""
     root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else cache_root() / "zoom_pairs"
-    target = root / cache_key(data_cfg, seed, source.signature)
+    extra = chain_key(data_cfg, policy_cfg) if uses_backbone(data_cfg) else None
+    return root / cache_key(data_cfg, seed, source.signature, extra)
+
+
+def build_zoom_dataset(data_cfg: Any, seed: int, policy_cfg: Any | None = None) -> datasets.Dataset:
+    """The zoom-pair dataset for this config, from the cache when it is there.
+
+    `policy_cfg` is needed only for data.backbone_prompts=vlm (the base policy writes the backbone's prompts).
+    """
+    check_data_config(data_cfg)
+    if uses_backbone(data_cfg) and data_cfg.num_shards > 1:
+        raise ValueError(f"data.num_shards={data_cfg.num_shards}: shards are built by `python -m coz_train.data`; "
+                         "training reads the merged samples (leave data.shard / data.num_shards at 0 / 1).")
+    source = image_source(data_cfg)
+    target = cache_target(data_cfg, seed, policy_cfg, source)
     if (target / "dataset_info.json").is_file():
         ds = datasets.load_from_disk(str(target))
         log.info("Zoom pairs: %d samples loaded from cache %s", len(ds), target)
         return ds
+    if uses_backbone(data_cfg):
+        return build_backbone_dataset(data_cfg, seed, policy_cfg, source, target)
 
     report, used = SkipReport(), []
     tmp = target.with_name(f"{target.name}.building{os.getpid()}")

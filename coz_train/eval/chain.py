@@ -11,7 +11,8 @@ centre-cropped (`coz_train.data.zoom.start_state`). For step k = 1..N:
 - `recursive_multiscale` (CoZ): the centre P/s crop of state k-1 is the backbone's input; its
   bicubic upscale to P is the "zoomed" image; the prompt source sees [state k-1, zoomed] and
   writes the prompt; the backbone turns the crop and prompt into state k (P x P), optionally
-  colour-fixed towards the zoomed image.
+  colour-fixed towards the zoomed image. The training data (`coz_train.data.chains`) builds its
+  chains with this same function, passing its own crop windows (random crops) instead of the centre.
 - `recursive`: the same chain, but the prompt source sees only [zoomed] (official `rec_type
   recursive`; a VLM gets the single-image message, `zoom_prompt(single_image=True)`).
 Every method yields N + 1 states (state 0 = the start) and one prompt per step.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from coz_train.data.zoom import Box
 from coz_train.eval.backbones.base import SRBackbone
 from coz_train.eval.colorfix import apply_colorfix
 
@@ -42,6 +44,7 @@ class Chain:
     method: str
     states: list[Image.Image] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    zoomed: list[Image.Image] = field(default_factory=list)  # recursive modes: zoomed[k-1] = bicubic crop of state k-1
 
 
 def centre_crop(image: Image.Image, side: int) -> Image.Image:
@@ -118,20 +121,28 @@ def recursive_chains(
     colorfix: str = "none",
     batch_size: int = 4,
     single_image: bool = False,
+    boxes: Sequence[Sequence[Box]] | None = None,
 ) -> list[Chain]:
-    """The CoZ chain: `recursive_multiscale`, or `recursive` with single_image (the source sees only [zoomed])."""
+    """The CoZ chain: `recursive_multiscale`, or `recursive` with single_image (the source sees only [zoomed]).
+
+    `boxes[i][k]`: the crop window of step k + 1 in chain i's state k (default: the centre 1/scale)."""
     size = starts[0].width
     if scale != backbone.scale:
         raise ValueError(f"{method} needs eval.scale ({scale}) equal to the backbone's scale ({backbone.scale}).")
     chains = [Chain(method, [start]) for start in starts]
-    for _ in range(steps):
-        crops, zoomed = zip(*(_zoom(chain.states[-1], size // scale, size) for chain in chains), strict=True)
+    for step in range(steps):
+        if boxes is None:
+            crops = [centre_crop(chain.states[-1], size // scale) for chain in chains]
+        else:
+            crops = [chain.states[-1].crop(tuple(box[step])) for chain, box in zip(chains, boxes, strict=True)]
+        zoomed = [crop.resize((size, size), Image.BICUBIC) for crop in crops]
         views = [[z] if single_image else [c.states[-1], z] for c, z in zip(chains, zoomed, strict=True)]
         prompts = prompt_source(views)
         outputs = _upscale(backbone, crops, prompts, batch_size)
         for chain, out, z, prompt in zip(chains, outputs, zoomed, prompts, strict=True):
             chain.states.append(apply_colorfix(colorfix, out, z))
             chain.prompts.append(prompt)
+            chain.zoomed.append(z)
     return chains
 
 

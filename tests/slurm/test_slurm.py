@@ -198,3 +198,31 @@ def test_hydra_slurm_launcher_submits_and_collects(slurm_accounting, tmp_path):
     assert result.returncode == 0, f"{output[-4000:]}\n{job_logs}"
     assert (sweep / "0" / "adapter" / "adapter_model.safetensors").is_file(), f"{output[-4000:]}\n{job_logs}"
     assert list(sweep.glob(".submitit/*/*_submitted.pkl")), "not submitted through submitit"
+
+
+def test_data_sbatch_array_builds_the_shards_training_merges(slurm, tmp_path, make_config, monkeypatch):
+    """data.sbatch as a 2-task array: each task builds its shard's parts; the unsharded build only merges them."""
+    import coz_train.data.chains as chains
+    from coz_train.data import build_zoom_dataset
+
+    cache = tmp_path / "cache"
+    overrides = ["+experiment=smoke", "data.process_size=32", "data.depth=2", "data.max_images=null",
+                 "data.shipped_images=[astronaut,coffee,chelsea]", "data.upscaler=realesrgan_x4plus",
+                 "data.chunk_images=1", f"data.cache_dir={cache}"]
+    job = slurm.submit(ROOT / "slurm" / "data.sbatch", *overrides, cwd=tmp_path, env=job_env(),
+                       sbatch_args=[*NO_GPU, "-c", "1", "--array=0-1", "-o", str(tmp_path / "data-%a.out")])
+    for task in (0, 1):
+        state = slurm.wait(f"{job}_{task}", timeout=300)
+        log = read(tmp_path / f"data-{task}.out")
+        assert state == "COMPLETED", f"{state}\n{log[-6000:]}"
+        assert f"shard {task} of 2" in log and "[data.sbatch] exited with 0" in log
+    parts = sorted(p.name for p in cache.glob("*.parts/part-*"))
+    assert parts == ["part-000000", "part-000001", "part-000002"]
+    assert not [p for p in cache.iterdir() if not p.name.endswith(".parts")]  # nothing published by a shard
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a part was rebuilt")
+
+    monkeypatch.setattr(chains.ChainBuilder, "rows", no_build)
+    ds = build_zoom_dataset(make_config(*overrides).data, seed=0)
+    assert len(ds) == 3 * 2 and sorted(set(ds["source"])) == ["skimage:astronaut", "skimage:chelsea", "skimage:coffee"]
