@@ -9,9 +9,11 @@ mixed with the save that later reuses their name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -66,3 +68,39 @@ def latest_complete(run_dir: str | Path) -> Path | None:
             if _is_rank_zero():
                 folder.rename(folder.with_name(f"{folder.name}.incomplete-{int(time.time())}"))
     return newest
+
+
+def checkpoint_step(folder: str | Path) -> int:
+    """The optimizer step a checkpoint holds (its trainer_state.json), or -1 when it has none."""
+    state = Path(folder) / "trainer_state.json"
+    if not state.is_file():
+        return -1
+    return int(json.loads(state.read_text()).get("global_step", -1))
+
+
+def publish_adapter(saved: Path, adapter_dir: Path) -> None:
+    """Move a fully written adapter folder into place as `adapter_dir` (rank zero): a run killed while the
+    final adapter is written leaves no half-written `adapter/`."""
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.replace(saved, adapter_dir)
+
+
+def finish_from_checkpoint(checkpoint: Path, run_dir: Path) -> Path:
+    """A run whose newest complete checkpoint is already at max_steps: nothing to train. The final adapter is
+    that checkpoint's adapter; it is written only if `adapter/` is missing, so a finished run is left as it was."""
+    adapter_dir = run_dir / "adapter"
+    if (adapter_dir / "adapter_model.safetensors").is_file():
+        log.info("This run is finished (%s is at max_steps and %s exists): nothing to train or write.",
+                 checkpoint.name, adapter_dir)
+        return adapter_dir
+    if _is_rank_zero():
+        partial = run_dir / "adapter.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(checkpoint / name, partial / name)
+        publish_adapter(partial, adapter_dir)
+    log.info("Training had finished at %s (max_steps) before the final adapter was written: %s written from it.",
+             checkpoint.name, adapter_dir)
+    return adapter_dir

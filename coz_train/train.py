@@ -18,7 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.callbacks import RewardProgressCallback, SampleLogger
-from coz_train.checkpoints import CompleteMarkerCallback, latest_complete
+from coz_train.checkpoints import (
+    CompleteMarkerCallback,
+    checkpoint_step,
+    finish_from_checkpoint,
+    latest_complete,
+    publish_adapter,
+)
 from coz_train.config import GRPOSection
 from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.hub import resolve_model
@@ -61,6 +67,26 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     if not Path(cfg.resume).is_dir():
         raise FileNotFoundError(f"resume='{cfg.resume}' is not a checkpoint folder (use resume=auto|none|<checkpoint-N path>).")
     return cfg.resume
+
+
+POSITIVE_COUNTS = ("max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+                   "max_completion_length", "save_steps", "logging_steps")
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """Counts and the run folder, before anything is resolved or loaded."""
+    for key in POSITIVE_COUNTS:
+        value = cfg.grpo.get(key)
+        if value is not None and value <= 0:
+            raise ValueError(f"grpo.{key}={value:g} must be positive"
+                             + (" (the number of optimizer steps to train)." if key == "max_steps" else "."))
+    if cfg.grpo.num_generations < 2:
+        raise ValueError(f"grpo.num_generations={cfg.grpo.num_generations}: GRPO compares completions within a group; "
+                         "use at least 2.")
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir='{cfg.output_dir}' is a file, not a folder: point output_dir (or hydra.run.dir) "
+                         "at a new or existing run folder.")
 
 
 def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
@@ -119,9 +145,14 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     set_seed(cfg.seed)
+    check_run_config(cfg)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
     rewards = active_rewards(cfg.rewards)
+    for name, weight, _ in rewards:
+        if weight < 0:
+            log.warning("rewards.%s.weight=%s is negative: GRPO will push completions away from this reward.",
+                        name, weight)
     check_data_config(cfg.data)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
     if any(name == "critic" for name, _, _ in rewards):
@@ -133,17 +164,18 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     check_perf_config(cfg, policy_path)
     if cfg.policy.init_adapter:
         check_adapter_folder(cfg.policy.init_adapter, "policy.init_adapter")
+    report_to = configure_wandb(cfg)
+    # GRPOConfig checks batch sizes against num_generations: before any model loads, not minutes later
+    args = grpo_args(cfg, [weight for _, weight, _ in rewards], report_to)
     resume = resume_checkpoint(cfg)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed, cfg.policy)
     processor = load_processor(policy_path, cfg.policy)
     model = load_vlm(policy_path, cfg.policy)
     model, peft_config = attach_lora(cfg.policy, model)
-    reward_funcs, reward_weights = build_rewards(cfg)
+    reward_funcs, _ = build_rewards(cfg)
     guard = UpdateGuard(cfg.reward_failure.on_failure)
     reward_funcs = guard_rewards(reward_funcs, guard, cfg.reward_failure.retries, cfg.reward_failure.backoff_s)
-    report_to = configure_wandb(cfg)
-    args = grpo_args(cfg, reward_weights, report_to)
 
     from transformers.trainer_callback import ProgressCallback
 
@@ -173,8 +205,13 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
 def train(cfg: DictConfig) -> Path:
     """Train and save the final adapter to `<output_dir>/adapter`; return that folder.
 
-    On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE.
+    On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE. A run resumed after its
+    last step (a requeued job that had finished) trains nothing and changes nothing.
     """
+    check_run_config(cfg)
+    finished = resume_checkpoint(cfg)
+    if finished and checkpoint_step(finished) >= cfg.grpo.max_steps:
+        return finish_from_checkpoint(Path(finished), Path(cfg.output_dir))
     trainer, resume = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=resume)
     run_dir = Path(cfg.output_dir)
@@ -183,8 +220,9 @@ def train(cfg: DictConfig) -> Path:
         log.warning("Preempted: checkpoint-%d saved in %s; resume with resume=auto", preemption.stopped_at, run_dir)
         raise SystemExit(PREEMPTED_EXIT_CODE)
     adapter_dir = run_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
+    trainer.save_model(str(run_dir / "adapter.partial"))
     if trainer.is_world_process_zero():
+        publish_adapter(run_dir / "adapter.partial", adapter_dir)
         log.info("Run folder: %s", run_dir.resolve())
         log.info("LoRA adapter: %s", adapter_dir.resolve())
         log.info("Config: %s   log: %s", run_dir.resolve() / ".hydra" / "config.yaml", run_dir.resolve() / "train.log")

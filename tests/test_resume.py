@@ -90,3 +90,32 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
     assert latest_complete(tmp_path) == tmp_path / "checkpoint-4"
     assert not (tmp_path / "checkpoint-6").exists()  # moved aside, so a later save cannot mix with it
     assert [p.name.startswith("checkpoint-6.incomplete") for p in tmp_path.iterdir()].count(True) == 1
+
+
+def test_a_finished_run_resumed_changes_nothing_and_a_missing_final_adapter_comes_from_the_last_checkpoint(
+        make_config, tmp_path):
+    from coz_train.train import train
+
+    overrides = ["+experiment=smoke", "rewards.critic.weight=0", "grpo.max_steps=4", "grpo.save_steps=2",
+                 "logging.wandb=false"]
+    adapter = train(make_config(*overrides))
+    run = adapter.parent
+    files = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    state = (run / "checkpoint-4" / "trainer_state.json").read_text()
+    assert not (run / "adapter.partial").exists()
+
+    # a requeued job of a finished run: says so, trains no step 5, rewrites nothing
+    again = train(make_config(*overrides, "resume=auto"))
+    assert again == adapter and {p.name: p.read_bytes() for p in adapter.iterdir()} == files
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (run / "checkpoint-4" / "trainer_state.json").read_text() == state
+
+    # killed after checkpoint-4 was complete but before adapter/ was written: the final adapter is that checkpoint's
+    import shutil
+
+    expected = load_file(str(adapter / "adapter_model.safetensors"))
+    shutil.rmtree(adapter)
+    train(make_config(*overrides, "resume=auto"))
+    got = load_file(str(adapter / "adapter_model.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert not (run / "checkpoint-5").exists()
