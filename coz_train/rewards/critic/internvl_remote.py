@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -10,14 +11,16 @@ from omegaconf import DictConfig
 from coz_train.hub import resolve_model
 from coz_train.policy.load import torch_dtype
 from coz_train.rewards.critic.common import frozen, instruction_text, parse_score
+from coz_train.rewards.critic.tiling import tile_tensor
+
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+END_OF_TURN = "<|im_end|>"  # the internvl2_5 template's separator; generation stops there
 
 
 class InternVLRemoteCritic:
-    """InternVL2/2.5 through its own remote code: `model.chat` with per-image tile counts."""
+    """InternVL2/2.5 through its own remote code: the prompts of `model.chat`, batched, with per-image tile counts."""
 
-    MEAN, STD, TILE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 448
-
-    def __init__(self, cfg: DictConfig, device: torch.device, max_tiles: int = 6):
+    def __init__(self, cfg: DictConfig, device: torch.device):
         if cfg.scoring != "generate":
             raise ValueError("critic.backend=internvl_remote supports critic.scoring=generate only.")
         if not cfg.trust_remote_code:
@@ -25,7 +28,7 @@ class InternVLRemoteCritic:
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
-        self.cfg, self.device, self.max_tiles = cfg, device, max_tiles
+        self.cfg, self.device, self.max_tiles = cfg, device, cfg.get("max_tiles", 6)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=True, use_fast=False)
         dtype = torch_dtype(cfg.dtype)
         self.dtype = torch.bfloat16 if dtype == "auto" else dtype
@@ -33,33 +36,40 @@ class InternVLRemoteCritic:
         self.model = frozen(model.to(device))
 
     def tiles(self, image: Any) -> torch.Tensor:
-        """The checkpoint's dynamic tiling: the grid (<= max_tiles) closest to the aspect ratio, plus a thumbnail."""
-        import torchvision.transforms.functional as F
+        """InternVL's dynamic tiling (`coz_train.rewards.critic.tiling`), [tiles, 3, 448, 448]."""
+        return tile_tensor(image, self.max_tiles)
 
-        w, h = image.size
-        grids = sorted({(i, j) for n in range(1, self.max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1) if i * j <= self.max_tiles}, key=lambda g: g[0] * g[1])
-        cols, rows = min(grids, key=lambda g: abs(w / h - g[0] / g[1]))
-        resized = image.resize((cols * self.TILE, rows * self.TILE))
-        crops = [resized.crop((c * self.TILE, r * self.TILE, (c + 1) * self.TILE, (r + 1) * self.TILE)) for r in range(rows) for c in range(cols)]
-        if len(crops) > 1:
-            crops.append(image.resize((self.TILE, self.TILE)))
-        tensors = [F.normalize(F.to_tensor(c.convert("RGB")), self.MEAN, self.STD) for c in crops]
-        return torch.stack(tensors)  # [tiles, 3, 448, 448]
+    def query(self, question: str, num_patches_list: list[int]) -> str:
+        """The prompt `chat` builds: the checkpoint's conversation template, each `<image>` expanded to its tiles."""
+        template = copy.deepcopy(self.model.conv_template)  # chat() starts from a fresh copy of it too
+        template.system_message = self.model.system_message
+        template.append_message(template.roles[0], question)
+        template.append_message(template.roles[1], None)
+        query = template.get_prompt()
+        for patches in num_patches_list:
+            tokens = IMG_START + IMG_CONTEXT * self.model.num_image_token * patches + IMG_END
+            query = query.replace("<image>", tokens, 1)
+        return query
 
     @torch.no_grad()
     def score(self, images: list[list], texts: list[str]) -> list[float | None]:
-        scores = []
-        for imgs, text in zip(images, texts, strict=True):
-            tiles = [self.tiles(image) for image in imgs]
-            pixel_values = torch.cat(tiles).to(self.device, self.dtype)
-            header = "".join(f"Image-{i + 1}: <image>\n" for i in range(len(imgs)))
-            question = header + instruction_text(self.cfg, text)
-            answer = self.model.chat(
-                self.tokenizer,
-                pixel_values,
-                question,
-                dict(max_new_tokens=self.cfg.max_new_tokens, do_sample=False),
-                num_patches_list=[t.shape[0] for t in tiles],
-            )
-            scores.append(parse_score(answer, self.cfg.score_max))
-        return scores
+        """One batched greedy generation for all candidates, with the prompts and decoding of the remote `chat`.
+
+        The remote `batch_chat` expands one `<image>` per question, so with two images per candidate the
+        queries are built here as `chat` builds them and handed to the model's own `generate`.
+        """
+        tiles = [[self.tiles(image) for image in imgs] for imgs in images]
+        queries = []
+        for per_image, text in zip(tiles, texts, strict=True):
+            header = "".join(f"Image-{i + 1}: <image>\n" for i in range(len(per_image)))
+            queries.append(self.query(header + instruction_text(self.cfg, text), [t.shape[0] for t in per_image]))
+        pixel_values = torch.cat([t for per_image in tiles for t in per_image]).to(self.device, self.dtype)
+        self.tokenizer.padding_side = "left"
+        inputs = self.tokenizer(queries, return_tensors="pt", padding=True).to(self.device)
+        self.model.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        eos = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        out = self.model.generate(pixel_values=pixel_values, input_ids=inputs["input_ids"],
+                                  attention_mask=inputs["attention_mask"], max_new_tokens=self.cfg.max_new_tokens,
+                                  do_sample=False, eos_token_id=eos)
+        answers = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [parse_score(a.split(END_OF_TURN)[0].strip(), self.cfg.score_max) for a in answers]
