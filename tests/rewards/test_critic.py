@@ -2,7 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from coz_train.rewards.critic import CriticReward, HFCritic, critic_device, parse_score
+from coz_train.rewards.critic import CriticReward, CriticScoringError, HFCritic, critic_device, parse_score
+from coz_train.rewards.critic.common import check_score_logits
 
 
 @pytest.mark.parametrize(
@@ -41,17 +42,18 @@ def test_logits_mode_gives_expected_scores_in_range_and_is_frozen(critic_cfg):
     assert other != pytest.approx(out, abs=1e-7)
 
 
-def test_generate_mode_unparsable_is_none_and_counted(critic_cfg):
+def test_generate_mode_scores_what_the_critic_writes(critic_cfg):
     cfg = critic_cfg.copy()
     cfg.scoring = "generate"
     critic = HFCritic(cfg, critic_device("cpu"))
-    logged = {}
-    out = CriticReward(critic, cfg.score_max, 4)(completions=["fur", "bricks"], images=[pair((1, 2, 3))] * 2,
-                                                   log_metric=lambda k, v: logged.__setitem__(k, v))
-    # a random tiny model writes no number in range: None (never a fake 0), and the rate is logged
-    for value, score in zip(out, critic.score([pair((1, 2, 3))] * 2, ["fur", "bricks"]), strict=True):
-        assert value == (None if score is None else score / cfg.score_max)
-    assert logged["critic/unparsable"] == sum(v is None for v in out) / 2
+    images, texts = [pair((1, 2, 3))] * 2, ["fur", "bricks"]
+    answers = [critic.decode(t) for t in critic.generate([critic.conversation(i, t) for i, t in zip(images, texts, strict=True)],
+                                                         cfg.max_new_tokens).tokens]
+    assert critic.score(images, texts) == [parse_score(a, cfg.score_max) for a in answers]
+    # a random tiny model writes no number in range: a batch without any score is an error, not a quiet step
+    assert all(parse_score(a, cfg.score_max) is None for a in answers)
+    with pytest.raises(CriticScoringError, match="no score for any of the 2 candidates.*critic.max_new_tokens"):
+        CriticReward(critic, cfg.score_max, 4, name=cfg.name_or_path)(completions=texts, images=images)
 
 
 def test_logits_mode_refuses_multi_token_scores(critic_cfg):
@@ -195,3 +197,54 @@ def test_tiles_are_the_resized_image_cut_in_row_major_order():
     assert [t.size for t in tiles] == [(448, 448)] * 3
     assert tiles[0].getpixel((10, 10)) == (0, 0, 0) and tiles[1].getpixel((400, 10)) == (255, 0, 0)
     assert tiles[2].getpixel((10, 10)) == (0, 0, 0) and tiles[2].getpixel((440, 10)) == (255, 0, 0)  # thumbnail
+
+
+class _Scores:
+    def __init__(self, scores):
+        self.scores = scores
+
+    def score(self, images, texts):
+        return self.scores[: len(texts)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_score_is_an_error_naming_the_critic(bad):
+    with pytest.raises(CriticScoringError, match="Critic org/critic-8b: 1 of 3 scores are NaN or infinite.*critic.dtype"):
+        CriticReward(_Scores([50.0, bad, None]), 100, 8, name="org/critic-8b")(completions=["a"] * 3,
+                                                                                images=[[None, None]] * 3)
+
+
+def test_all_none_is_an_error_but_some_none_is_not():
+    with pytest.raises(CriticScoringError, match="no score for any of the 3"):
+        CriticReward(_Scores([None] * 3), 100, 2)(completions=["a"] * 3, images=[[None, None]] * 3)
+    assert CriticReward(_Scores([None, 20.0, None]), 100, 8)(completions=["a"] * 3, images=[[None]] * 3) == [None, 0.2, None]
+
+
+def test_all_none_goes_through_the_reward_failure_policy():
+    """Raised inside a guarded reward: retried, then the run stops (or skips the step) with the critic's message."""
+    from coz_train.rewards.guard import GuardedReward, RewardFailedError, UpdateGuard
+
+    stop = GuardedReward(CriticReward(_Scores([None] * 2), 100, 8), UpdateGuard("stop"), retries=1, backoff_s=0.0)
+    with pytest.raises(RewardFailedError, match="2 attempts: CriticScoringError: Critic critic gave no score"):
+        stop(completions=["a", "b"], images=[[None, None]] * 2)
+    guard = UpdateGuard("skip")
+    skip = GuardedReward(CriticReward(_Scores([None] * 2), 100, 8), guard, retries=0, backoff_s=0.0)
+    assert skip(completions=["a", "b"], images=[[None, None]] * 2) == [None, None]
+    assert "CriticScoringError" in guard.skip_pending
+
+
+def test_score_logits_guard():
+    check_score_logits(torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]), "c")  # one flat row alone is allowed
+    with pytest.raises(CriticScoringError, match="non-finite logits for 1 of 2"):
+        check_score_logits(torch.tensor([[0.0, float("nan"), 2.0], [0.0, 1.0, 2.0]]), "c")
+    with pytest.raises(CriticScoringError, match="constant for all 2 candidates"):
+        check_score_logits(torch.zeros(2, 10), "c")
+
+
+def test_logits_mode_with_zeroed_weights_is_an_error(critic_cfg):
+    """The failure mode of a checkpoint whose weights never arrived: flat logits, every score score_max / 2."""
+    critic = HFCritic(critic_cfg, critic_device("cpu"))
+    with torch.no_grad():
+        critic.model.lm_head.weight.zero_()
+    with pytest.raises(CriticScoringError, match="constant"):
+        critic.score([pair((9, 9, 9))] * 2, ["fur", "sky"])

@@ -34,3 +34,33 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+class CriticScoringError(RuntimeError):
+    """The critic produced no usable scores for a batch (all unparsable, NaN, or logits that ignore the input).
+
+    Raised, never turned into missing scores: `reward_failure` then retries and stops (or skips the
+    step), instead of a run that quietly trains on the other rewards alone.
+    """
+
+
+BROKEN_LOAD_HINT = (
+    "check that the critic loaded correctly: critic.name_or_path, critic.dtype (float16 can overflow), and for an "
+    "InternVL2.5 checkpoint under transformers 5 convert it (python -m coz_train.critic_convert) and use "
+    "critic.backend=hf"
+)
+
+
+def check_score_logits(logits: torch.Tensor, name: str) -> None:
+    """Refuse next-token logits over the score tokens, [N, score_max + 1], that are non-finite or flat in every row.
+
+    Flat rows (all score tokens exactly equal) are what zero or uninitialised weights and buffers give;
+    a loaded model never has them for every candidate.
+    """
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).any(dim=-1).sum())
+        raise CriticScoringError(f"Critic {name}: non-finite logits for {bad} of {logits.shape[0]} candidates; "
+                                 f"{BROKEN_LOAD_HINT}.")
+    if logits.shape[-1] > 1 and bool((logits.amax(dim=-1) == logits.amin(dim=-1)).all()):
+        raise CriticScoringError(f"Critic {name}: the logits of the score tokens are constant for all "
+                                 f"{logits.shape[0]} candidates (the critic ignores its input); {BROKEN_LOAD_HINT}.")

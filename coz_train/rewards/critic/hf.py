@@ -12,7 +12,7 @@ from coz_train.perf import critic_prefix
 from coz_train.perf.critic_prefix import Generation
 from coz_train.perf.prefix import check_supported
 from coz_train.policy.load import encode_chats, load_processor, load_vlm
-from coz_train.rewards.critic.common import frozen, instruction_text, parse_score
+from coz_train.rewards.critic.common import check_score_logits, frozen, instruction_text, parse_score
 
 
 class HFCritic:
@@ -104,8 +104,9 @@ class HFCritic:
 
     def score_conversations(self, conversations: list[list[dict]]) -> list[float | None]:
         if self.score_token_ids is not None:
-            logits = self.next_token_logits(conversations)  # [N, vocab]
-            probs = torch.softmax(logits[:, self.score_token_ids], dim=-1)  # [N, score_max + 1]
+            logits = self.next_token_logits(conversations)[:, self.score_token_ids]  # [N, score_max + 1]
+            check_score_logits(logits, self.cfg.name_or_path)
+            probs = torch.softmax(logits, dim=-1)  # [N, score_max + 1]
             values = torch.arange(self.cfg.score_max + 1, device=self.device, dtype=probs.dtype)
             return (probs @ values).tolist()
         answers = [self.decode(t) for t in self.generate(conversations, self.cfg.max_new_tokens).tokens]

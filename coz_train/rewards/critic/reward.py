@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from coz_train.rewards.critic.client import ServerCritic
-from coz_train.rewards.critic.common import critic_device
+from coz_train.rewards.critic.common import BROKEN_LOAD_HINT, CriticScoringError, critic_device
 from coz_train.rewards.critic.hf import HFCritic
 from coz_train.rewards.critic.internvl_remote import InternVLRemoteCritic
 from coz_train.rewards.registry import register
@@ -26,8 +26,8 @@ class CriticReward:
 
     __name__ = "critic"
 
-    def __init__(self, backend: Any, score_max: int, batch_size: int):
-        self.backend, self.score_max, self.batch_size = backend, score_max, batch_size
+    def __init__(self, backend: Any, score_max: int, batch_size: int, name: str = "critic"):
+        self.backend, self.score_max, self.batch_size, self.name = backend, score_max, batch_size, name
 
     def _score_with_backoff(self, images: list, texts: list[str]) -> list[float | None]:
         """Score in batches; on out-of-memory halve the batch and retry, down to one candidate."""
@@ -52,10 +52,26 @@ class CriticReward:
             raise ValueError("The critic reward needs the samples' `images` column ([previous state, zoomed image]).")
         texts = [completion_text(c) for c in completions]
         scores = self._score_with_backoff(list(images), texts)
-        rewards = [None if s is None or not math.isfinite(s) else s / self.score_max for s in scores]
+        self._check(scores)
+        rewards = [None if s is None else s / self.score_max for s in scores]
         if log_metric is not None and rewards:
             log_metric("critic/unparsable", sum(r is None for r in rewards) / len(rewards))
         return rewards
+
+
+    def _check(self, scores: list[float | None]) -> None:
+        """A batch with a NaN score, or with no score at all, is an error (see `CriticScoringError`)."""
+        bad = sum(1 for s in scores if s is not None and not math.isfinite(s))
+        if bad:
+            raise CriticScoringError(f"Critic {self.name}: {bad} of {len(scores)} scores are NaN or infinite; "
+                                     f"{BROKEN_LOAD_HINT}.")
+        if scores and all(s is None for s in scores):
+            raise CriticScoringError(
+                f"Critic {self.name} gave no score for any of the {len(scores)} candidates (every answer unparsable "
+                "or empty): check that critic.max_new_tokens leaves room for the number, that critic.instruction asks "
+                f"for an integer 0..critic.score_max={self.score_max}, and {BROKEN_LOAD_HINT} (a model with broken "
+                "weights writes empty answers)."
+            )
 
 
 def critic_prefix_wanted(cfg: DictConfig) -> bool:
@@ -90,4 +106,4 @@ def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward
             install_image_cache(backend.processor)
         log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
                  ", shared prefix" if shared_prefix else "")
-    return CriticReward(backend, critic.score_max, critic.batch_size)
+    return CriticReward(backend, critic.score_max, critic.batch_size, name=critic.name_or_path)
