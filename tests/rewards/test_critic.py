@@ -248,3 +248,11 @@ def test_logits_mode_with_zeroed_weights_is_an_error(critic_cfg):
         critic.model.lm_head.weight.zero_()
     with pytest.raises(CriticScoringError, match="constant"):
         critic.score([pair((9, 9, 9))] * 2, ["fur", "sky"])
+
+
+def test_internvl_remote_is_refused_on_transformers_5_with_the_native_route():
+    from coz_train.rewards.critic.internvl_remote import check_transformers_version
+
+    check_transformers_version("4.49.0")
+    with pytest.raises(ValueError, match="critic=internvl2_5_8b.*coz_train.critic_convert"):
+        check_transformers_version("5.24.0")

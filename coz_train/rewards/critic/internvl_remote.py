@@ -17,6 +17,25 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 END_OF_TURN = "<|im_end|>"  # the internvl2_5 template's separator; generation stops there
 
 
+def check_transformers_version(version: str | None = None) -> None:
+    """The InternVL2.5 remote code runs on transformers 4.x only; under 5.x it is refused with the native route.
+
+    Under transformers 5 the checkpoint's code fails to load (no `post_init`, no `GenerationMixin`, the
+    cache passed as `cache=`), and once patched it computes InternLM2's rotary tables on the meta device,
+    so logits are NaN and every answer empty: never a usable critic.
+    """
+    import transformers
+
+    major = int((version or transformers.__version__).split(".")[0])
+    if major >= 5:
+        raise ValueError(
+            f"critic.backend=internvl_remote runs the checkpoint's own code, written for transformers 4.x; this is "
+            f"transformers {version or transformers.__version__}. Use the native conversion instead: "
+            "critic=internvl2_5_8b (critic.backend=hf critic.trust_remote_code=false converts the checkpoint once, "
+            "or convert by hand with python -m coz_train.critic_convert <folder> <out>)."
+        )
+
+
 class InternVLRemoteCritic:
     """InternVL2/2.5 through its own remote code: the prompts of `model.chat`, batched, with per-image tile counts."""
 
@@ -25,6 +44,7 @@ class InternVLRemoteCritic:
             raise ValueError("critic.backend=internvl_remote supports critic.scoring=generate only.")
         if not cfg.trust_remote_code:
             raise ValueError(f"{cfg.name_or_path} needs its remote code: set critic.trust_remote_code=true.")
+        check_transformers_version()
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
