@@ -14,10 +14,15 @@ Scoring modes (`critic.scoring`):
 
 Backends (`critic.backend`):
 - `hf`: any transformers image-text-to-text model with a chat template (Qwen2.5-VL-7B, native
-  InternVL "-hf" checkpoints, ...); both scoring modes; candidates scored in batches.
-- `internvl_remote`: InternVL2/2.5 checkpoints whose language model transformers does not
-  implement (InternVL2.5-8B uses InternLM2.5), loaded with `trust_remote_code` and scored through
-  the checkpoint's documented `chat` API with its 448-px tiling; `generate` mode only.
+  InternVL "-hf" checkpoints, ...); both scoring modes; candidates scored in batches. An InternVL2.5
+  checkpoint in the hub layout (InternVL2.5-8B: InternLM2.5 language model) is converted once into
+  the cache and run natively (`coz_train.critic_convert`), unless `critic.trust_remote_code`.
+- `internvl_remote`: InternVL2/2.5 through `trust_remote_code`, for transformers 4.x only (refused
+  under 5.x, where that code does not run): the prompts of the checkpoint's `chat` with InternVL's
+  448-px tiling (`tiling.py`), one batched `generate` per call; `generate` mode only.
+
+Every backend's batch goes through the same guard: NaN scores, no score at all, or flat score-token
+logits raise `CriticScoringError` (then `reward_failure` retries / stops / skips), never a quiet step.
 - `server`: an OpenAI-compatible chat-completions endpoint at `critic.url` (nothing loads here,
   `critic.name_or_path` need not exist locally). One request per candidate, the images as PNG data
   URLs and the same instruction text as `hf`; `critic.concurrency` requests in flight,
