@@ -63,9 +63,9 @@ def sentencepiece_model() -> bytes:
     return out.getvalue()
 
 
-def tensor_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the checkpoint, by its hub name."""
-    v, t = VISION, LLM
+def tensor_shapes(vocab_size: int, vision: dict | None = None, llm: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the checkpoint, by its hub name (for the tiny sizes unless `vision` / `llm` are given)."""
+    v, t = vision or VISION, llm or LLM
     d, ff, patch = v["hidden_size"], v["intermediate_size"], v["patch_size"]
     shapes: dict[str, tuple[int, ...]] = {
         "vision_model.embeddings.class_embedding": (1, 1, d),

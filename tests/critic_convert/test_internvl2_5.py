@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from internvl_cases import CASES, INSTRUCTION, MAX_NEW_TOKENS, SCORE_MAX, case_images  # noqa: E402
 
 from coz_train.critic_convert import convert  # noqa: E402
-from coz_train.critic_convert.convert import split_wqkv  # noqa: E402
+from coz_train.critic_convert.convert import convert_state_dict, split_wqkv  # noqa: E402
 from coz_train.rewards.critic import CriticReward, HFCritic, critic_device, parse_score  # noqa: E402
 from coz_train.tiny import internvl2_5  # noqa: E402
 
@@ -109,3 +109,25 @@ def test_conversion_refuses_other_checkpoints(tmp_path, folders):
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="only InternLM2 language models"):
         convert(other, tmp_path / "out")
+
+
+def test_conversion_at_8b_size_on_the_meta_device():
+    """Names and shapes at InternVL2.5-8B's dimensions (InternViT-300M, InternLM2.5-7B: 32 heads, 8 kv heads)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    from coz_train.critic_convert.convert import text_config, vision_config
+
+    vit = dict(internvl2_5.VISION, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+               num_hidden_layers=24, patch_size=14)
+    llm = dict(internvl2_5.LLM, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+               num_key_value_heads=8, num_hidden_layers=32, vocab_size=92553)
+    with torch.device("meta"):
+        hub = {name: torch.empty(shape) for name, shape in internvl2_5.tensor_shapes(92553, vit, llm).items()}
+        config = InternVLConfig(vision_config=vision_config(vit), text_config=text_config(llm), image_seq_length=256,
+                                image_token_id=92546, tie_word_embeddings=False)
+        model = InternVLForConditionalGeneration(config)
+    native = convert_state_dict(hub, llm)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert {name: tuple(t.shape) for name, t in native.items()} == expected
+    assert expected["model.language_model.layers.0.self_attn.k_proj.weight"] == (1024, 4096)
+    assert config.text_config.rope_parameters["rope_type"] == "dynamic"
