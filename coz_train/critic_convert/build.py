@@ -91,12 +91,13 @@ def processor(tokenizer: Any, hub_config: dict[str, Any], max_tiles: int) -> Any
     template = hub_config.get("template", "internvl2_5")
     if template not in SYSTEM_MESSAGES:
         raise ValueError(f"Conversation template '{template}' is not known here (only {sorted(SYSTEM_MESSAGES)}).")
+    system_message = hub_config.get("system_message") or SYSTEM_MESSAGES[template]  # as InternVLChatModel picks it
     images = GotOcr2ImageProcessorPil(
         size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,
         image_mean=list(MEAN), image_std=list(STD), do_convert_rgb=True)
     return InternVLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=InternVLVideoProcessor(),
                              image_seq_length=tokens_per_tile,
-                             chat_template=chat_template(SYSTEM_MESSAGES[template]))
+                             chat_template=chat_template(system_message))
 
 
 def convert(folder: Path, out: Path, max_tiles: int = 6, dtype: str | None = None) -> Path:
