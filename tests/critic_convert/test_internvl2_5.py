@@ -131,3 +131,13 @@ def test_conversion_at_8b_size_on_the_meta_device():
     assert {name: tuple(t.shape) for name, t in native.items()} == expected
     assert expected["model.language_model.layers.0.self_attn.k_proj.weight"] == (1024, 4096)
     assert config.text_config.rope_parameters["rope_type"] == "dynamic"
+
+
+def test_critic_max_tiles_sets_the_tiling_of_a_converted_folder(critic, folders):
+    """critic.max_tiles applies to a folder converted with another value (here 6 -> 2: 2x1 + thumbnail)."""
+    cfg = critic.cfg.copy()
+    cfg.max_tiles = 2
+    small = HFCritic(cfg, critic_device("cpu"))
+    assert small.processor.image_processor.max_patches == 2
+    enc = small.encode([small.conversation(case_images(1), "fur")])  # 1000x500 -> 2x1 + thumbnail, 448x448 -> 1
+    assert enc["pixel_values"].shape[0] == 3 + 1

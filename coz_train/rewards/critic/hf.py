@@ -32,7 +32,11 @@ class HFCritic:
             from coz_train.critic_convert.cache import native_internvl
 
             path = native_internvl(path, cfg.revision, cfg.get("max_tiles", 6))
-        self._setup(cfg, device, load_processor(path, cfg), load_vlm(path, cfg), shared_prefix)
+        processor = load_processor(path, cfg)
+        images = getattr(processor, "image_processor", None)
+        if cfg.get("max_tiles") is not None and getattr(images, "crop_to_patches", False):
+            images.max_patches = cfg.max_tiles  # InternVL tiling: critic.max_tiles, whatever the folder saved
+        self._setup(cfg, device, processor, load_vlm(path, cfg), shared_prefix)
 
     @classmethod
     def from_parts(cls, cfg: DictConfig, device: torch.device, processor: Any, model: torch.nn.Module,
