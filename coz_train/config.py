@@ -114,6 +114,8 @@ class CriticConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     trust_remote_code: bool = False
+    image_backend: str | None = None  # pil | torchvision: the image processor's backend (None: transformers' default)
+    max_tiles: int = 6  # InternVL critics: 448-px tiles per image (+ a thumbnail), as InternVL's dynamic_preprocess
     instruction: str = MISSING
     # backend=server: an OpenAI-compatible chat-completions endpoint (python -m coz_train.critic_server, vLLM, SGLang)
     url: str | None = None  # e.g. http://127.0.0.1:8000

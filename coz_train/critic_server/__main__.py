@@ -1,8 +1,9 @@
 """`python -m coz_train.critic_server critic=<option> server.port=<port>`: serve the critic VLM over HTTP.
 
-The same Hydra configs as training: `critic=qwen2_5_vl_7b` (or any `backend: hf` option, `critic=tiny`
-for the offline one) picks the model, the `server` section the address and limits, e.g.
-    python -m coz_train.critic_server critic=qwen2_5_vl_7b server.port=8000
+The same Hydra configs as training: `critic=qwen2_5_vl_7b`, `critic=internvl2_5_8b` (the paper's critic,
+converted once to the native layout) or any `backend: hf` option (`critic=tiny` for the offline one) picks
+the model, the `server` section the address and limits, e.g.
+    python -m coz_train.critic_server critic=internvl2_5_8b server.port=8000
     COZ_CRITIC_TOKEN=... python -m coz_train.critic_server critic=qwen2_5_vl_7b server.host=0.0.0.0
 Trainers then use `critic=server critic.url=http://<host>:<port>`.
 """

@@ -501,8 +501,13 @@ class CriticServer:
         return responses
 
     def _text(self, token: int) -> str:
+        """A token's text; sentencepiece byte-fallback pieces keep their name (`<0x30>`), since decoded they would
+        read as the score tokens "0".."9" themselves (InternLM2's tokenizer has both)."""
         if token not in self._token_text:
-            self._token_text[token] = self.critic.processor.tokenizer.decode([token])
+            tokenizer = self.critic.processor.tokenizer
+            piece = tokenizer.convert_ids_to_tokens(token)
+            byte_piece = isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+            self._token_text[token] = piece if byte_piece else tokenizer.decode([token])
         return self._token_text[token]
 
     def _entry(self, token: int, logprob: float) -> dict:

@@ -26,9 +26,13 @@ def torch_dtype(name: str) -> torch.dtype | str:
 
 
 def load_processor(path: str, section: Any) -> Any:
-    from transformers import AutoProcessor
+    from transformers import AutoImageProcessor, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(path, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    kwargs: dict[str, Any] = {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
+    backend = section.get("image_backend") if hasattr(section, "get") else None
+    if backend:  # e.g. "pil": the resampling a checkpoint was trained with (torchvision's bicubic differs from PIL's)
+        kwargs["image_processor"] = AutoImageProcessor.from_pretrained(path, backend=backend, **kwargs)
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
     set_pixel_budget(processor, section.min_pixels, section.max_pixels)
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:

@@ -20,7 +20,7 @@ from coz_train.tiny.tokenizer import build_tokenizer
 
 TINY_PREFIX = "tiny:"
 TINY_VERSION = 2  # bump when the tiny architecture changes so old cache folders are not reused
-ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl")
+ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl", "internvl2_5")  # internvl2_5: the hub layout (coz_train.tiny.internvl2_5)
 
 
 def cache_root() -> Path:
@@ -82,6 +82,11 @@ def qwen_vl_config(arch: str, tokenizer, text: dict, vision: dict, **extra):
 
 
 def _build(arch: str, seed: int, out_dir: Path) -> None:
+    if arch == "internvl2_5":
+        from coz_train.tiny import internvl2_5
+
+        internvl2_5.build(out_dir, seed)
+        return
     tokenizer = build_tokenizer()
     text = dict(
         vocab_size=len(tokenizer),

@@ -153,8 +153,10 @@ def test_critic_reward_scores_equal_with_and_without_shared_prefix(make_config, 
                           "critic.device=cpu")
         reward = build_critic_reward({}, cfg)
         assert reward.backend.shared_prefix is on
-        out[on] = reward(completions=completions, images=images)
-        convs = [reward.backend.conversation(imgs, text) for imgs, text in zip(images, TEXTS + ["a cat"], strict=True)]
+        texts = [*TEXTS, "a cat"]
+        # generate mode on a random tiny critic scores nothing, which the reward refuses: compare the backend's scores
+        out[on] = reward(completions=completions, images=images) if scoring == "logits" else reward.backend.score(images, texts)
+        convs = [reward.backend.conversation(imgs, text) for imgs, text in zip(images, texts, strict=True)]
         answers[on] = reward.backend.generate(convs, cfg.critic.max_new_tokens).tokens  # HFCritic dispatch
     if scoring == "logits":
         assert all(s is not None for s in out[True])

@@ -1,0 +1,109 @@
+"""The critic reward: batches of candidates scored by the configured backend, registered as "critic"."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from coz_train.rewards.critic.client import ServerCritic
+from coz_train.rewards.critic.common import BROKEN_LOAD_HINT, CriticScoringError, critic_device
+from coz_train.rewards.critic.hf import HFCritic
+from coz_train.rewards.critic.internvl_remote import InternVLRemoteCritic
+from coz_train.rewards.registry import register
+from coz_train.rewards.text import completion_text
+
+log = logging.getLogger(__name__)
+
+BACKENDS = {"hf": HFCritic, "internvl_remote": InternVLRemoteCritic, "server": ServerCritic}
+
+
+class CriticReward:
+    """TRL reward function scoring each completion with the critic, in batches of critic.batch_size."""
+
+    __name__ = "critic"
+
+    def __init__(self, backend: Any, score_max: int, batch_size: int, name: str = "critic"):
+        self.backend, self.score_max, self.batch_size, self.name = backend, score_max, batch_size, name
+
+    def _score_with_backoff(self, images: list, texts: list[str]) -> list[float | None]:
+        """Score in batches; on out-of-memory halve the batch and retry, down to one candidate."""
+        out: list[float | None] = []
+        batch, start = self.batch_size, 0
+        while start < len(texts):
+            try:
+                out += self.backend.score(images[start : start + batch], texts[start : start + batch])
+                start += batch
+            except torch.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                batch = max(1, batch // 2)
+                torch.cuda.empty_cache()
+                log.warning("Critic out of memory: retrying with batch size %d (critic.batch_size=%d)", batch, self.batch_size)
+        return out
+
+    def __call__(self, prompts: list | None = None, completions: list | None = None, images: list | None = None,
+                 log_metric: Any = None, **kwargs: Any) -> list[float | None]:
+        completions = completions or []
+        if images is None or len(images) != len(completions):
+            raise ValueError("The critic reward needs the samples' `images` column ([previous state, zoomed image]).")
+        texts = [completion_text(c) for c in completions]
+        scores = self._score_with_backoff(list(images), texts)
+        self._check(scores)
+        rewards = [None if s is None else s / self.score_max for s in scores]
+        if log_metric is not None and rewards:
+            log_metric("critic/unparsable", sum(r is None for r in rewards) / len(rewards))
+        return rewards
+
+
+    def _check(self, scores: list[float | None]) -> None:
+        """A batch with a NaN score, or with no score at all, is an error (see `CriticScoringError`)."""
+        bad = sum(1 for s in scores if s is not None and not math.isfinite(s))
+        if bad:
+            raise CriticScoringError(f"Critic {self.name}: {bad} of {len(scores)} scores are NaN or infinite; "
+                                     f"{BROKEN_LOAD_HINT}.")
+        if scores and all(s is None for s in scores):
+            raise CriticScoringError(
+                f"Critic {self.name} gave no score for any of the {len(scores)} candidates (every answer unparsable "
+                "or empty): check that critic.max_new_tokens leaves room for the number, that critic.instruction asks "
+                f"for an integer 0..critic.score_max={self.score_max}, and {BROKEN_LOAD_HINT} (a model with broken "
+                "weights writes empty answers)."
+            )
+
+
+def critic_prefix_wanted(cfg: DictConfig) -> bool:
+    """`perf.critic_prefix`, refused (before anything loads) for backends it cannot apply to."""
+    perf = cfg.get("perf")
+    wanted = bool(perf.get("critic_prefix", False)) if perf is not None else False
+    if wanted and cfg.critic.backend != "hf":
+        hint = (" (with critic.backend=server, start the critic server with perf.critic_prefix=true instead)"
+                if cfg.critic.backend == "server" else "")
+        raise ValueError(f"perf.critic_prefix works with critic.backend=hf, not '{cfg.critic.backend}': "
+                         f"set perf.critic_prefix=false{hint}.")
+    return wanted
+
+
+@register("critic")
+def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward:
+    critic = cfg.critic
+    if critic.backend not in BACKENDS:
+        raise ValueError(f"critic.backend='{critic.backend}' is not one of {sorted(BACKENDS)}.")
+    if critic.scoring not in ("generate", "logits"):
+        raise ValueError(f"critic.scoring='{critic.scoring}' must be 'generate' or 'logits'.")
+    shared_prefix = critic_prefix_wanted(cfg)
+    if critic.backend == "server":
+        backend = ServerCritic(critic)
+        log.info("Critic %s at %s (%s scoring)", backend.model_name, backend.url, critic.scoring)
+    else:
+        extra = {"shared_prefix": True} if shared_prefix else {}
+        backend = BACKENDS[critic.backend](critic, critic_device(critic.device), **extra)
+        if critic.backend == "hf" and cfg.get("perf") is not None and cfg.perf.get("image_cache", False):
+            from coz_train.perf.image_cache import install_image_cache
+
+            install_image_cache(backend.processor)
+        log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
+                 ", shared prefix" if shared_prefix else "")
+    return CriticReward(backend, critic.score_max, critic.batch_size, name=critic.name_or_path)
