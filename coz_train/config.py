@@ -138,6 +138,7 @@ class ServerConfig:
     max_images: int = 8  # per request
     max_batch: int = 16  # requests scored together
     batch_wait_ms: int = 20  # how long the server waits to fill a batch
+    request_deadline_s: float = 120.0  # the whole request must arrive within this (a trickling client is dropped)
 
 
 @dataclass

@@ -41,6 +41,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -190,9 +191,15 @@ def parse_chat_request(payload: Any, *, served_model: str, max_images: int, defa
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # connections waiting to be accepted: socketserver's default of 5 resets a burst of trainer requests
+    request_queue_size = 1024
     app: CriticServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            log.info("Client %s went away before the answer was sent (%s)", client_address, type(err).__name__)
+            return
         log.warning("Error while serving %s", client_address, exc_info=True)
 
 
@@ -205,6 +212,27 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "coz-critic"
     timeout = 60.0  # a connection that stalls this long while sending its request is dropped
     _unread = False  # a request body left unread on the socket
+
+    def setup(self) -> None:
+        super().setup()
+        # one total deadline for receiving the whole request (a client trickling a byte at a time would otherwise
+        # hold this thread forever: the socket timeout only bounds each single read)
+        self._deadline_s = float(self.server.app.cfg.server.request_deadline_s)
+        self._watchdog = threading.Timer(self._deadline_s, self._drop_slow_client)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _drop_slow_client(self) -> None:
+        log.info("Dropping %s: the request was not received within server.request_deadline_s=%g",
+                 self.client_address, self._deadline_s)
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self._watchdog.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)
@@ -275,6 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
                                     f"(server.max_request_mb={app.cfg.server.max_request_mb}).")
         body = self.rfile.read(size)
         self._unread = False
+        self._watchdog.cancel()  # the request is in; scoring may take as long as the batcher needs
         if len(body) != size:
             return self._error(400, f"The body ended after {len(body)} of {size} bytes.")
         try:

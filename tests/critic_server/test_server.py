@@ -15,6 +15,7 @@ import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -410,3 +411,55 @@ def test_command_line_serves_and_stops_on_sigterm(tmp_path):
     assert proc.returncode == 0, output
     assert "stopped" in output
     assert Path(tmp_path, "critic_server.log").is_file()
+
+
+def test_a_burst_of_100_concurrent_clients_is_served_without_resets(cfg, critic):
+    images, texts = samples(1)
+    body = json.dumps(chat(images[0], texts[0], logprobs=True, top_logprobs=5)).encode()
+    host_port = None
+    results: list = []
+    start = threading.Barrier(100)
+
+    def one() -> None:
+        try:
+            conn = http.client.HTTPConnection(*host_port, timeout=120)
+            start.wait()
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            results.append(conn.getresponse().status)
+            conn.close()
+        except Exception as err:  # noqa: BLE001 - the test counts every kind of failure
+            results.append(type(err).__name__)
+
+    with serving(cfg, critic, max_batch=16) as srv:
+        parts = urlsplit(srv.url)
+        host_port = (parts.hostname, parts.port)
+        threads = [threading.Thread(target=one) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    assert results.count(200) == 100, sorted(map(str, results))
+
+
+def test_a_client_trickling_its_request_is_dropped_at_the_deadline(cfg, critic):
+    with serving(cfg, critic, request_deadline_s=1.5) as srv:
+        parts = urlsplit(srv.url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b" ")
+                if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.3)
+        sock.close()
+        assert closed, "the server kept a trickling client past server.request_deadline_s"
+        assert call(srv.url + "/health")[0] == 200  # and still serves others
