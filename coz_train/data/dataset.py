@@ -33,7 +33,7 @@ from coz_train.tiny.models import cache_root
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the row layout or the chain construction changes
+CACHE_FORMAT = 2  # bump when the row layout or the chain construction changes (2: EXIF orientation applied)
 GEOMETRY_KEYS = (
     "process_size", "scale", "depth", "crop", "chains_per_image", "upscaler", "small_images",
     "max_image_pixels", "single_image_prompt", "max_images",
