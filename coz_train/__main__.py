@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import hydra
@@ -16,7 +17,12 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from coz_train.train import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except Exception as err:
+        # into train.log as well as the console: the traceback alone reaches only stderr
+        logging.getLogger("coz_train").error("The run stopped: %s: %s", type(err).__name__, err)
+        raise
 
 
 if __name__ == "__main__":

@@ -39,3 +39,16 @@ def test_unavailable_model_stops_fast_with_advice(tmp_path):
     assert result.returncode != 0
     assert "policy.name_or_path=" in result.stderr and "+experiment=smoke" in result.stderr
     assert "Loading weights" not in result.stderr
+
+
+def test_a_run_stopped_by_a_failing_reward_says_why_in_train_log(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "coz_train", "+experiment=smoke", f"hydra.run.dir={run}", "logging.wandb=false",
+         "critic=server", "critic.url=http://127.0.0.1:9", "critic.retries=0", "critic.timeout_s=2",
+         "reward_failure.retries=0", "reward_failure.on_failure=stop"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode != 0
+    log = (run / "train.log").read_text()
+    assert "The run stopped: RewardFailedError" in log and "critic" in log, log[-2000:]
