@@ -147,6 +147,7 @@ class RewardFailureConfig:
 
     retries: int = 2  # attempts after the first, per reward call
     backoff_s: float = 2.0
+    deadline_s: float = 300.0  # one total deadline per reward call, retries (the critic client's too) inside it
     on_failure: str = "stop"  # stop: the run stops with the error | skip: the step gets no reward (no update), logged
 
 

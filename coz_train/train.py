@@ -175,7 +175,8 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     model, peft_config = attach_lora(cfg.policy, model)
     reward_funcs, _ = build_rewards(cfg)
     guard = UpdateGuard(cfg.reward_failure.on_failure)
-    reward_funcs = guard_rewards(reward_funcs, guard, cfg.reward_failure.retries, cfg.reward_failure.backoff_s)
+    failure = cfg.reward_failure
+    reward_funcs = guard_rewards(reward_funcs, guard, failure.retries, failure.backoff_s, failure.deadline_s)
 
     from transformers.trainer_callback import ProgressCallback
 

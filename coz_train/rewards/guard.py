@@ -1,7 +1,9 @@
 """Rewards and updates that fail loudly: bounded retries, then stop or skip the update, by config.
 
 `reward_failure.retries` / `backoff_s`: a reward call that raises (critic out of memory, server
-down) or returns a non-finite score is retried with exponential backoff. When it still fails:
+down) or returns a non-finite score is retried with exponential backoff, all within one total
+`reward_failure.deadline_s` per call (the retries of a critic client inside it included: a call
+still running at the deadline is abandoned and counts as a failure). When it still fails:
 - `reward_failure.on_failure=stop` (default): the run stops with `RewardFailedError` naming the
   reward, the attempts and the last error. Checkpoints already written stay valid (resume=auto).
 - `skip`: that reward gives no score for the batch (None), the failure is counted in the logs
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,28 +52,67 @@ class UpdateGuard:
         self.skipped_steps: list[int] = []
 
 
+class RewardDeadlineError(TimeoutError):
+    pass
+
+
+def call_within(func: Callable[[], list], seconds: float) -> list:
+    """func() on a daemon thread, its result if it finishes within `seconds`, else RewardDeadlineError (the thread
+    is abandoned: a hung critic request cannot be interrupted, but the run no longer waits for it)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+    grad = torch.is_grad_enabled()
+
+    def run() -> None:
+        try:
+            with torch.set_grad_enabled(grad):
+                outcome["value"] = func()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="reward-call").start()
+    if not done.wait(seconds):
+        raise RewardDeadlineError(f"no answer within {seconds:.1f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 class GuardedReward:
-    def __init__(self, func: Callable[..., list], guard: UpdateGuard, retries: int, backoff_s: float):
+    def __init__(self, func: Callable[..., list], guard: UpdateGuard, retries: int, backoff_s: float,
+                 deadline_s: float | None = None):
         self.func, self.guard, self.retries, self.backoff_s = func, guard, retries, backoff_s
+        self.deadline_s = deadline_s if deadline_s else None
         self.__name__ = getattr(func, "__name__", type(func).__name__)
 
     def __call__(self, prompts: list | None = None, completions: list | None = None, **kwargs: Any) -> list:
         last: BaseException | None = None
+        start, attempts = time.monotonic(), 0
+        end = start + self.deadline_s if self.deadline_s else math.inf
         for attempt in range(self.retries + 1):
+            attempts += 1
             try:
-                values = self.func(prompts=prompts, completions=completions, **kwargs)
+                def once() -> list:
+                    return self.func(prompts=prompts, completions=completions, **kwargs)
+
+                values = once() if self.deadline_s is None else call_within(once, end - time.monotonic())
                 bad = sum(1 for v in values if v is not None and not math.isfinite(v))
                 if bad:
                     raise RewardFailedError(f"{bad} non-finite score(s) of {len(values)}")
                 return values
             except Exception as err:  # noqa: BLE001 - any failure of a reward is retried, then reported
                 last = err
-                if attempt < self.retries:
-                    delay = self.backoff_s * 2**attempt
-                    log.warning("Reward %s failed (%s: %s); retry %d/%d in %.1f s", self.__name__,
-                                type(err).__name__, err, attempt + 1, self.retries, delay)
-                    time.sleep(delay)
-        message = f"reward '{self.__name__}' failed after {self.retries + 1} attempts: {type(last).__name__}: {last}"
+                delay = self.backoff_s * 2**attempt
+                if attempt == self.retries or time.monotonic() + delay >= end:
+                    break
+                log.warning("Reward %s failed (%s: %s); retry %d/%d in %.1f s", self.__name__,
+                            type(err).__name__, err, attempt + 1, self.retries, delay)
+                time.sleep(delay)
+        within = f" within reward_failure.deadline_s={self.deadline_s:g}" if self.deadline_s else ""
+        message = (f"reward '{self.__name__}' failed after {attempts} attempt{'s' if attempts > 1 else ''} in {time.monotonic() - start:.1f} s"
+                   f"{within}: {type(last).__name__}: {last}")
         if self.guard.on_failure == "stop":
             raise RewardFailedError(message + " (reward_failure.on_failure=skip drops such steps instead)") from last
         log.error("%s; its score is missing and this step's update is dropped", message)
@@ -80,8 +122,9 @@ class GuardedReward:
         return [None] * len(completions or [])
 
 
-def guard_rewards(funcs: list[Callable], guard: UpdateGuard, retries: int, backoff_s: float) -> list[GuardedReward]:
-    return [GuardedReward(f, guard, retries, backoff_s) for f in funcs]
+def guard_rewards(funcs: list[Callable], guard: UpdateGuard, retries: int, backoff_s: float,
+                  deadline_s: float | None = None) -> list[GuardedReward]:
+    return [GuardedReward(f, guard, retries, backoff_s, deadline_s) for f in funcs]
 
 
 class UpdateGuardCallback(TrainerCallback):

@@ -1,4 +1,6 @@
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -35,7 +37,7 @@ def test_retries_then_succeeds():
 
 
 def test_stop_raises_with_the_reward_and_the_cause():
-    with pytest.raises(RewardFailedError, match=r"'flaky' failed after 2 attempts: ConnectionError: critic server down"):
+    with pytest.raises(RewardFailedError, match=r"'flaky' failed after 2 attempts in [\d.]+ s: ConnectionError: critic server down"):
         GuardedReward(Flaky(failures=9), UpdateGuard("stop"), retries=1, backoff_s=0)(completions=["a"])
 
 
@@ -107,3 +109,29 @@ def test_a_failing_reward_in_training(make_config, policy):
     assert all(torch.equal(before[n], after[n]) for n in before)  # every update dropped
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logs) == 2 and all(h["reward_failures/always_down"] == 1.0 for h in logs)
+
+
+def test_one_deadline_bounds_a_hung_reward_and_its_retries():
+    finished = threading.Event()
+
+    def hung(prompts=None, completions=None, **kwargs):
+        time.sleep(30)  # a critic server that never answers
+        finished.set()
+        return [1.0] * len(completions)
+
+    reward = GuardedReward(hung, UpdateGuard("stop"), retries=3, backoff_s=0.01, deadline_s=0.5)
+    with pytest.raises(RewardFailedError, match=r"'hung' failed after 1 attempt in [\d.]+ s within "
+                                                 r"reward_failure.deadline_s=0.5: RewardDeadlineError"):
+        reward(prompts=["p"], completions=["c"])
+    assert not finished.is_set()  # the run reacted while the call was still hanging
+
+    calls = []
+
+    def flaky(prompts=None, completions=None, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("reset")
+        return [0.5] * len(completions)
+
+    guarded = GuardedReward(flaky, UpdateGuard("stop"), retries=3, backoff_s=0.01, deadline_s=60)
+    assert guarded(prompts=["p"], completions=["c"]) == [0.5] and len(calls) == 3  # retries inside the deadline
