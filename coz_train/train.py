@@ -28,6 +28,7 @@ from coz_train.checkpoints import (
 from coz_train.config import GRPOSection
 from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.hub import resolve_model
+from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
@@ -90,8 +91,10 @@ def check_run_config(cfg: DictConfig) -> None:
 
 
 def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
-    """The `perf` switches against the policy's architecture and freeze settings, before any weights load."""
+    """The `perf` switches against the library versions, the policy's architecture and freeze settings, before
+    any weights load."""
     perf = cfg.perf
+    check_tested_versions(perf)
     if perf.group_prefix or perf.vision_cache or perf.rollout_prefix:
         from transformers import AutoConfig
 
