@@ -25,14 +25,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
 from coz_train.perf.compiled_decode import compiled_generation_config
-from coz_train.perf.group_batches import group_shuffle
+from coz_train.perf.group_batches import groups_shuffled_in
 from coz_train.perf.group_prefix import KWARG, install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.merge import kept_base_weights, merged_adapters
@@ -131,7 +130,7 @@ class CozGRPOTrainer(GRPOTrainer):
             return super()._prepare_inputs(generation_batch)
         import trl.trainer.grpo_trainer as trl_grpo
 
-        with mock.patch.object(trl_grpo, "shuffle_sequence_dict", group_shuffle):
+        with groups_shuffled_in(trl_grpo):
             return super()._prepare_inputs(generation_batch)
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:

@@ -10,7 +10,7 @@ from trl.trainer.utils import shuffle_sequence_dict
 
 import coz_train.train as train_module
 from coz_train import trainer as trainer_module
-from coz_train.perf import group_prefix
+from coz_train.perf import group_batches, group_prefix
 from coz_train.perf.group_batches import group_runs, group_shuffle
 from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
@@ -167,7 +167,7 @@ def switch_calls(monkeypatch):
         monkeypatch.setattr(module, name, spy)
 
     counting(group_prefix, "group_prefix_forward")
-    counting(trainer_module, "group_shuffle")
+    counting(group_batches, "group_shuffle")
     counting(trainer_module, "merged_adapters")
 
     def keep_trainer(cfg):
