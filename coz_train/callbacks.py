@@ -17,6 +17,7 @@ from transformers.trainer_callback import ProgressCallback
 from coz_train.rewards.text import completion_text
 
 log = logging.getLogger(__name__)
+record = logging.getLogger("coz_train.record")  # the run's log file only (conf/config.yaml)
 
 LOG_HISTORY = "log_history.jsonl"
 
@@ -33,12 +34,24 @@ class RewardProgressCallback(ProgressCallback):
             shown = {"reward": logs.get("reward")}
             shown.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and k.endswith("/mean")})
             self.training_bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if isinstance(v, (int, float))}, refresh=False)
-        # keep the bar clean: metrics go to the log file and wandb, not through tqdm.write
+        # the console gets one compact line; every metric goes to the log file, log_history.jsonl and wandb
         if state.is_world_process_zero and logs:
             entry = {"step": state.global_step, **{k: _round(v) for k, v in logs.items()}}
-            log.info("step %d: %s", state.global_step, json.dumps(entry))
+            record.info("step %d: %s", state.global_step, json.dumps(entry))
+            if "reward" in logs:
+                log.info("%s", compact_line(state.global_step, state.max_steps, logs))
             with (Path(args.output_dir) / LOG_HISTORY).open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+def compact_line(step: int, max_steps: int, logs: dict[str, Any]) -> str:
+    """`step 3/20  reward 0.512  critic 0.431  phrase_exclusion 1.000  repetition -0.020  kl 0.0001`"""
+    parts = [f"step {step}/{max_steps}", f"reward {logs['reward']:.3f}"]
+    parts += [f"{k.split('/')[1]} {v:.3f}" for k, v in logs.items()
+              if k.startswith("rewards/") and k.endswith("/mean") and isinstance(v, (int, float))]
+    if isinstance(logs.get("kl"), (int, float)):
+        parts.append(f"kl {logs['kl']:.4f}")
+    return "  ".join(parts)
 
 
 def _round(value: Any) -> Any:

@@ -51,6 +51,12 @@ def grpo_args(cfg: DictConfig, reward_weights: list[float], report_to: list[str]
     kwargs = {k: v for k, v in values.items() if v != getattr(defaults, k)}
     run_name = cfg.logging.run_name or f"{cfg.experiment_name}-{Path(cfg.output_dir).name}"
     kwargs.update(output_dir=cfg.output_dir, reward_weights=reward_weights, report_to=report_to, run_name=run_name)
+    for old_name, new_name in (("gradient_checkpointing", "activation_checkpointing"),
+                               ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old_name in kwargs and hasattr(GRPOConfig, new_name):  # transformers 5 renamed them (and warns)
+            kwargs[new_name] = kwargs.pop(old_name)
+    if not torch.cuda.is_available() and "dataloader_pin_memory" not in kwargs:
+        kwargs["dataloader_pin_memory"] = False  # nothing to pin on a CPU (torch warns at every epoch)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not kwargs.get("use_cpu"):
         # several CPU processes (gloo): without use_cpu the Trainer would not see the process group
         log.info("No GPU and %s processes: grpo.use_cpu=true (DDP over gloo)", os.environ["WORLD_SIZE"])

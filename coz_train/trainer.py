@@ -23,6 +23,7 @@ the official Chain-of-Zoom inference loads, and resuming loads it back in full
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ from coz_train.perf.vision_cache import install_vision_cache
 from coz_train.policy.adapters import load_adapter_weights, make_portable
 
 log = logging.getLogger(__name__)
+# TRL 1.16 reads the policy's deprecated `is_gradient_checkpointing` at every rollout: transformers' FutureWarning
+# about it says nothing a user of this project can act on
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _TRL_IMAGE_FREE_KWARGS = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
                           "image_position_ids")

@@ -26,6 +26,11 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert (run / "samples.jsonl").read_text().strip()
     assert len((run / "log_history.jsonl").read_text().splitlines()) >= 20
     assert f"LoRA adapter: {adapter}" in output
+    # a console a researcher can read: compact step lines, the full metrics only in train.log, no warnings
+    # that the project's own settings cause
+    assert "step 20/20  reward " in result.stdout and '"rewards/critic/mean"' not in result.stdout
+    assert '"rewards/critic/mean"' in (run / "train.log").read_text()
+    assert "FutureWarning" not in output and "pin_memory" not in output, output[-3000:]
 
 
 def test_unavailable_model_stops_fast_with_advice(tmp_path):
@@ -38,6 +43,7 @@ def test_unavailable_model_stops_fast_with_advice(tmp_path):
     )
     assert result.returncode != 0
     assert "policy.name_or_path=" in result.stderr and "+experiment=smoke" in result.stderr
+    assert "Traceback" not in result.stderr  # an expected error: its message and advice, no traceback
     assert "Loading weights" not in result.stderr
 
 
