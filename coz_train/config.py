@@ -136,6 +136,9 @@ class ServerConfig:
     token_env: str = "COZ_CRITIC_TOKEN"  # shared secret read from this environment variable
     max_request_mb: float = 32.0  # larger request bodies are refused (413)
     max_images: int = 8  # per request
+    max_image_pixels: int = 4096 * 4096  # decoded pixels per image (checked from the header, before decoding)
+    max_request_pixels: int = 4 * 4096 * 4096  # decoded pixels of all images of one request
+    max_prompt_tokens: int = 2048  # text tokens per request (a long text holds the batcher for every client)
     max_batch: int = 16  # requests scored together
     batch_wait_ms: int = 20  # how long the server waits to fill a batch
     request_deadline_s: float = 120.0  # the whole request must arrive within this (a trickling client is dropped)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from coz_train.callbacks import RewardProgressCallback, SampleLogger
 from coz_train.checkpoints import (
@@ -174,18 +175,22 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     if cfg.policy.init_adapter:
         check_adapter_folder(cfg.policy.init_adapter, "policy.init_adapter")
     report_to = configure_wandb(cfg)
-    # GRPOConfig checks batch sizes against num_generations: before any model loads, not minutes later
-    args = grpo_args(cfg, [weight for _, weight, _ in rewards], report_to)
+    # GRPOConfig checks batch sizes against num_generations: built once here, before any model loads, only to check
+    # them. A live GRPOConfig with a ZeRO-3 config makes every from_pretrained shard its weights (zero.Init), and the
+    # critic must stay whole: the config the trainer uses is built again after the models have loaded.
+    grpo_args(cfg, [weight for _, weight, _ in rewards], report_to)
+    unset_hf_deepspeed_config()
     resume = resume_checkpoint(cfg)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed, cfg.policy)
     processor = load_processor(policy_path, cfg.policy)
     model = load_vlm(policy_path, cfg.policy)
     model, peft_config = attach_lora(cfg.policy, model)
-    reward_funcs, _ = build_rewards(cfg)
+    reward_funcs, reward_weights = build_rewards(cfg)
     guard = UpdateGuard(cfg.reward_failure.on_failure)
     failure = cfg.reward_failure
     reward_funcs = guard_rewards(reward_funcs, guard, failure.retries, failure.backoff_s, failure.deadline_s)
+    args = grpo_args(cfg, reward_weights, report_to)
 
     from transformers.trainer_callback import ProgressCallback
 

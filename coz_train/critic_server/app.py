@@ -99,7 +99,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def decode_image(url: Any, where: str) -> Any:
+def decode_image(url: Any, where: str, max_pixels: int | None = None) -> Any:
     from PIL import Image
 
     if not isinstance(url, str) or not url.startswith("data:"):
@@ -114,6 +114,9 @@ def decode_image(url: Any, where: str) -> Any:
         raise RequestError(400, f"{where}: the image is not valid base64 ({err}).") from None
     try:
         image = Image.open(io.BytesIO(raw))
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise RequestError(413, f"{where}: the image is {image.width}x{image.height} = {image.width * image.height} "
+                                    f"pixels, over server.max_image_pixels={max_pixels}.")
         image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise RequestError(400, f"{where}: the image cannot be decoded ({type(err).__name__}: {err}).") from None
@@ -124,7 +127,8 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_chat_request(payload: Any, *, served_model: str, max_images: int, default_max_tokens: int) -> ChatRequest:
+def parse_chat_request(payload: Any, *, served_model: str, max_images: int, default_max_tokens: int,
+                       max_image_pixels: int | None = None, max_request_pixels: int | None = None) -> ChatRequest:
     """Validate an OpenAI chat-completions request and turn it into a transformers conversation."""
     if not isinstance(payload, dict):
         raise RequestError(400, "The request body must be a JSON object.")
@@ -182,10 +186,15 @@ def parse_chat_request(payload: Any, *, served_model: str, max_images: int, defa
     if images > max_images:
         raise RequestError(400, f"The request has {images} images; this server takes at most {max_images} "
                                 "(server.max_images).")
+    total = 0
     for message in parsed:  # decode only once the counts are known to be fine
         for part in message["content"]:
             if part["type"] == "image":
-                part["image"] = decode_image(part["image"], part.pop("at"))
+                part["image"] = decode_image(part["image"], where := part.pop("at"), max_image_pixels)
+                total += part["image"].width * part["image"].height
+                if max_request_pixels is not None and total > max_request_pixels:
+                    raise RequestError(413, f"{where}: the request's images reach {total} pixels, over "
+                                            f"server.max_request_pixels={max_request_pixels}.")
     return ChatRequest(parsed, max_tokens, logprobs, top_logprobs)
 
 
@@ -441,8 +450,18 @@ class CriticServer:
                 "max_images": self.cfg.server.max_images, "max_batch": self.cfg.server.max_batch}
 
     def parse(self, payload: Any) -> ChatRequest:
-        return parse_chat_request(payload, served_model=self.served_model, max_images=self.cfg.server.max_images,
-                                  default_max_tokens=self.cfg.critic.max_new_tokens)
+        server = self.cfg.server
+        request = parse_chat_request(payload, served_model=self.served_model, max_images=server.max_images,
+                                     default_max_tokens=self.cfg.critic.max_new_tokens,
+                                     max_image_pixels=server.max_image_pixels,
+                                     max_request_pixels=server.max_request_pixels)
+        texts = [part["text"] for message in request.conversation for part in message["content"]
+                 if part["type"] == "text"]
+        tokens = sum(len(self.critic.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+        if tokens > server.max_prompt_tokens:
+            raise RequestError(413, f"The request's text is {tokens} tokens, over server.max_prompt_tokens="
+                                    f"{server.max_prompt_tokens}.")
+        return request
 
     def submit(self, request: ChatRequest) -> Job:
         job = Job(request)

@@ -463,3 +463,16 @@ def test_a_client_trickling_its_request_is_dropped_at_the_deadline(cfg, critic):
         sock.close()
         assert closed, "the server kept a trickling client past server.request_deadline_s"
         assert call(srv.url + "/health")[0] == 200  # and still serves others
+
+
+def test_images_and_texts_over_the_bounds_are_refused_before_decoding(cfg, critic):
+    blank = Image.new("RGB", (3000, 3000))  # a few KB as PNG, 9M pixels decoded
+    small = Image.new("RGB", (64, 64))
+    with serving(cfg, critic, max_image_pixels=4_000_000, max_request_pixels=6_000, max_prompt_tokens=50) as srv:
+        status, body = call(srv.url + "/v1/chat/completions", chat([blank]))
+        assert status == 413 and "server.max_image_pixels=4000000" in body["error"]["message"]
+        status, body = call(srv.url + "/v1/chat/completions", chat([small, small]))
+        assert status == 413 and "server.max_request_pixels=6000" in body["error"]["message"]
+        status, body = call(srv.url + "/v1/chat/completions", chat([small], text="fur " * 400))
+        assert status == 413 and "server.max_prompt_tokens=50" in body["error"]["message"]
+        assert call(srv.url + "/v1/chat/completions", chat([small]))[0] == 200
