@@ -225,7 +225,7 @@ def test_all_none_goes_through_the_reward_failure_policy():
     from coz_train.rewards.guard import GuardedReward, RewardFailedError, UpdateGuard
 
     stop = GuardedReward(CriticReward(_Scores([None] * 2), 100, 8), UpdateGuard("stop"), retries=1, backoff_s=0.0)
-    with pytest.raises(RewardFailedError, match="2 attempts: CriticScoringError: Critic critic gave no score"):
+    with pytest.raises(RewardFailedError, match=r"2 attempts in [\d.]+ s: CriticScoringError: Critic critic gave no score"):
         stop(completions=["a", "b"], images=[[None, None]] * 2)
     guard = UpdateGuard("skip")
     skip = GuardedReward(CriticReward(_Scores([None] * 2), 100, 8), guard, retries=0, backoff_s=0.0)
