@@ -52,7 +52,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -325,6 +324,17 @@ def _offline_reason() -> str | None:
 
 
 @contextlib.contextmanager
+def _replaced(owner: object, name: str, value: object) -> Iterator[None]:
+    """owner.name set to value for the block, the original put back afterwards."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextlib.contextmanager
 def _downloads(offline: bool) -> Iterator[None]:
     """While metrics are built: every socket operation times out after SOCKET_TIMEOUT_S, and offline,
     host lookups fail at once and the Hugging Face hub is in offline mode (cache only, no retries).
@@ -338,11 +348,11 @@ def _downloads(offline: bool) -> Iterator[None]:
                 def refuse(*args: object, **kwargs: object) -> None:
                     raise socket.gaierror(socket.EAI_NONAME, "downloads are off while offline")
 
-                stack.enter_context(mock.patch.object(socket, "getaddrinfo", refuse))
+                stack.enter_context(_replaced(socket, "getaddrinfo", refuse))
                 with contextlib.suppress(ImportError):
                     import huggingface_hub.constants
 
-                    stack.enter_context(mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True))
+                    stack.enter_context(_replaced(huggingface_hub.constants, "HF_HUB_OFFLINE", True))
             yield
     finally:
         socket.setdefaulttimeout(previous)
