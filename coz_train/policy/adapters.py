@@ -232,14 +232,17 @@ def _to_model_keys(saved: dict[str, torch.Tensor], expected: dict[str, torch.Ten
     return converted, unfit
 
 
-def load_adapter_weights(model: Any, folder: str | Path, adapter_name: str = "default", key: str = "adapter") -> None:
-    """Load the adapter saved in `folder` into `model`'s existing adapter `adapter_name`, in full or not at all."""
+def load_adapter_weights(model: Any, folder: str | Path, adapter_name: str = "default", key: str = "adapter",
+                         tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load the adapter saved in `folder` into `model`'s existing adapter `adapter_name`, in full or not at all
+    (`tensors`: the folder's tensors when the caller has already read them)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     folder = check_adapter_folder(folder, key)
     model_type = _model_type(model)
     expected = get_peft_model_state_dict(model, adapter_name=adapter_name)  # the keys a save would write
-    converted, unfit = _to_model_keys(read_adapter_tensors(folder), expected, model_type)
+    saved = tensors if tensors is not None else read_adapter_tensors(folder)
+    converted, unfit = _to_model_keys(saved, expected, model_type)
     if unfit:
         raise AdapterError(f"{key}='{folder}': {len(unfit)} saved tensors fit no module of the policy "
                            f"({type(model.get_base_model()).__name__}): {_listed(sorted(unfit))}. Is it an adapter of "
@@ -285,7 +288,8 @@ def load_adapter(model: Any, folder: str | Path, is_trainable: bool, key: str = 
         raise AdapterError(f"{key}='{folder}' is a {type(config).__name__} adapter; only LoRA adapters are supported.")
     model_type = getattr(model.config, "model_type", None)
     present = {name for name, _ in model.named_modules()}
-    saved_modules, _ = saved_lora_modules(read_adapter_tensors(folder))
+    tensors = read_adapter_tensors(folder)
+    saved_modules, _ = saved_lora_modules(tensors)
     targets, unfit = [], []
     for saved in saved_modules:
         found = next((name for name in model_names(saved, model_type) if name in present), None)
@@ -303,7 +307,7 @@ def load_adapter(model: Any, folder: str | Path, is_trainable: bool, key: str = 
                               for m in config.modules_to_save or []] or None
     config.inference_mode = not is_trainable
     peft_model = get_peft_model(model, config)
-    load_adapter_weights(peft_model, folder, "default", key)
+    load_adapter_weights(peft_model, folder, "default", key, tensors)
     if not is_trainable:
         peft_model.eval()
     return peft_model
