@@ -6,8 +6,8 @@
 
 Where each metric comes from (one module each):
 
-- `psnr`, `ssim` (full_reference.py): computed here (no extra package), on the luma (Y) channel of
-  ITU-R BT.601 YCbCr in [0, 1], the usual SR convention; no border is cropped.
+- `psnr`, `ssim` (full_reference.py): scikit-image's, on the luma (Y) channel of ITU-R BT.601
+  YCbCr in [0, 1], the usual SR convention (Gaussian SSIM window, sigma 1.5); no border is cropped.
 - `niqe`, `piqe`, `brisque`, `musiq`, `maniqa` (MANIQA-PIPAL), `clipiqa` (no_reference.py): pyiqa,
   an optional dependency under the PolyForm Noncommercial license:
       pip install pyiqa==0.1.16 --no-deps opencv-python-headless   # niqe piqe brisque musiq
@@ -29,12 +29,10 @@ TRANSFORMERS_OFFLINE=1) a metric is built only from weights already cached, with
 at once instead of retried (offline.py).
 """
 
-from coz_train.eval.metrics.full_reference import luma, psnr, ssim, to_tensor
+from coz_train.eval.metrics.full_reference import psnr, ssim, y_channel
 from coz_train.eval.metrics.metric import Metric, MetricUnavailable
 from coz_train.eval.metrics.params import fetch_params, iqa_dir
 from coz_train.eval.metrics.registry import METRIC_NAMES, build_metrics
 
-__all__ = [
-    "METRIC_NAMES", "Metric", "MetricUnavailable", "build_metrics", "fetch_params", "iqa_dir", "luma", "psnr", "ssim",
-    "to_tensor",
-]
+__all__ = ["METRIC_NAMES", "Metric", "MetricUnavailable", "build_metrics", "fetch_params", "iqa_dir", "psnr", "ssim",
+           "y_channel"]

@@ -9,11 +9,11 @@ import sys
 import types
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from coz_train.eval.metrics import offline
-from coz_train.eval.metrics.full_reference import to_tensor
 from coz_train.eval.metrics.metric import Metric, MetricUnavailable, first_line
 from coz_train.eval.metrics.params import PARAMS, fetch_params
 
@@ -23,6 +23,12 @@ PYIQA_INSTALL = "pip install pyiqa==0.1.16 --no-deps opencv-python-headless"
 NIQE_MIN_SIDE = 96  # NIQE works on 96x96 blocks
 
 _PIP_NAMES = {"cv2": "opencv-python-headless", "clip": "openai-clip", "pkg_resources": "'setuptools<81'"}
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor (1, 3, H, W) in [0, 1], pyiqa's input."""
+    array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.float64) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float().contiguous()
 
 
 def _pip_name(module: str | None) -> str:
