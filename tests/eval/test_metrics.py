@@ -1,10 +1,12 @@
 """Quality metrics: PSNR/SSIM against hand computations on photographs, finite no-reference scores,
 and metrics without weights reported with a reason instead of a number."""
 
+import hashlib
 import importlib.util
 import io
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 from PIL import Image, ImageFilter
 from skimage import data
 
-from coz_train.eval.metrics import METRIC_NAMES, Metric, build_metrics, psnr, ssim
+from coz_train.eval.metrics import METRIC_NAMES, Metric, MetricUnavailable, build_metrics, psnr, ssim
 
 CPU = torch.device("cpu")
 
@@ -134,9 +136,10 @@ def test_a_score_undefined_for_a_flat_image_is_nan_not_a_crash():
     assert math.isnan(metrics["niqe"](Image.new("RGB", (128, 128), (90, 90, 90))))
 
 
-def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    try:  # an empty weights cache, so a developer's downloaded weights do not make the test pass
+@pytest.fixture
+def empty_weight_caches(monkeypatch, tmp_path) -> Path:
+    """Empty pyiqa, Hugging Face and torch hub caches, so a developer's downloaded weights do not make a test pass."""
+    try:
         import pyiqa.utils.download_util
 
         monkeypatch.setattr(pyiqa.utils.download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
@@ -145,14 +148,88 @@ def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, tmp_
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
+    return tmp_path
+
+
+def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, empty_weight_caches):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    built = []
+    if importlib.util.find_spec("pyiqa"):
+        import pyiqa
+
+        def create_metric(*args: object, **kwargs: object) -> None:
+            built.append(args)
+            raise AssertionError("pyiqa.create_metric was called")
+
+        monkeypatch.setattr(pyiqa, "create_metric", create_metric)
     start = time.monotonic()
     metrics, unavailable = build_metrics(["musiq", "maniqa", "clipiqa", "psnr"], CPU)
     assert time.monotonic() - start < 20
     assert list(metrics) == ["psnr"]
     assert set(unavailable) == {"musiq", "maniqa", "clipiqa"}
     assert all(reason.strip() for reason in unavailable.values())
-    expected = "offline" if importlib.util.find_spec("pyiqa") else "needs pyiqa"
-    assert expected in unavailable["musiq"], unavailable["musiq"]
+    if not importlib.util.find_spec("pyiqa"):
+        assert "needs pyiqa" in unavailable["musiq"], unavailable["musiq"]
+        return
+    assert built == []  # decided from the cached files, before pyiqa builds anything
+    caches = empty_weight_caches
+    for name, where in [("musiq", caches / "pyiqa"), ("maniqa", caches / "hf"), ("maniqa", caches / "pyiqa"),
+                        ("clipiqa", caches / "torch_hub" / "clip")]:
+        reason = unavailable[name]
+        if name != "musiq" and reason.startswith("needs"):
+            continue  # timm or openai-clip is not installed
+        assert "offline" in reason and str(where) in reason and f"--fetch-weights {name}`" in reason, reason
+
+
+def test_a_cached_weight_file_is_the_one_pyiqa_loads(monkeypatch, empty_weight_caches):
+    pytest.importorskip("pyiqa")
+    from coz_train.eval.metrics.offline import weight_files
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    [weights] = weight_files("musiq")
+    assert weights.path.parent == empty_weight_caches / "pyiqa"
+    weights.path.parent.mkdir(parents=True)
+    weights.path.write_bytes(b"not a checkpoint")  # found, so nothing is downloaded; pyiqa then fails to read it
+    metrics, unavailable = build_metrics(["musiq"], CPU)
+    assert metrics == {}
+    assert "could not be built: UnpicklingError" in unavailable["musiq"], unavailable["musiq"]
+
+
+def test_niqe_without_any_parameter_file_names_the_missing_file_and_the_fetch_command(monkeypatch, empty_weight_caches):
+    pytest.importorskip("pyiqa")
+    from coz_train.eval.metrics import params
+
+    def unreachable(sdist: object) -> bytes:
+        raise OSError("PyPI unreachable")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COZ_TRAIN_IQA_DIR", str(empty_weight_caches / "iqa"))
+    monkeypatch.setattr(params, "_param_dirs", lambda: [empty_weight_caches / "iqa"])
+    monkeypatch.setattr(params, "_download_sdist", unreachable)
+    metrics, unavailable = build_metrics(["niqe"], CPU)
+    assert metrics == {}
+    reason = unavailable["niqe"]
+    assert "basicsr==1.4.2 sdist could not be fetched from PyPI (PyPI unreachable)" in reason, reason
+    assert str(empty_weight_caches / "pyiqa") in reason and "--fetch-params`" in reason, reason
+
+
+def test_missing_weights_are_fetched_into_the_loaders_place_and_checked(tmp_path):
+    from coz_train.eval.metrics.offline import WeightFile, ensure_weights
+
+    served = tmp_path / "served.pth"
+    served.write_bytes(b"weights")
+    good = WeightFile(tmp_path / "cache" / "a.pth", served.as_uri(), hashlib.sha256(b"weights").hexdigest())
+    ensure_weights([good], lambda: None, "fetch-command")
+    assert good.path.read_bytes() == b"weights"
+    ensure_weights([good], lambda: pytest.fail("probed although nothing is missing"), "fetch-command")
+    corrupt = WeightFile(tmp_path / "cache" / "b.pth", served.as_uri(), "0" * 64)
+    with pytest.raises(MetricUnavailable, match="sha256"):
+        ensure_weights([corrupt], lambda: None, "fetch-command")
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == ["a.pth"]  # no partial file left behind
+    missing = WeightFile(tmp_path / "cache" / "c.pth", served.as_uri())
+    with pytest.raises(MetricUnavailable, match=r"missing .*c\.pth; no network, .*`fetch-command`"):
+        ensure_weights([missing], lambda: "no network", "fetch-command")
+    assert not missing.path.exists()
 
 
 def test_unknown_metric_names_raise():

