@@ -1,0 +1,111 @@
+"""The critic server's HTTP layer over loopback: endpoints, token, body size, bursts, slow clients."""
+
+import http.client
+import json
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+from serving import TOKEN_ENV, call, chat, samples, serving
+
+from coz_train.critic_server.http import is_loopback
+
+
+def test_health_and_models(cfg, critic):
+    with serving(cfg, critic) as srv:
+        status, body = call(srv.url + "/health")
+        assert status == 200
+        assert body["status"] == "ok" and body["model"] == "tiny:qwen2_5_vl@1" and body["scoring"] == "logits"
+        assert call(srv.url + "/v1/models")[1]["data"][0]["id"] == "tiny:qwen2_5_vl@1"
+        assert call(srv.url + "/nothing")[0] == 404
+
+
+def test_is_loopback():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("critic.cluster")
+
+
+def test_token_and_body_size(cfg, critic, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, "s3cret")
+    images, _ = samples(1, seed=3)
+    with serving(cfg, critic, max_request_mb=0.05) as srv:
+        endpoint = srv.url + "/v1/chat/completions"
+        # token: missing or wrong -> 401, right -> 200
+        assert call(srv.url + "/health")[0] == 401
+        assert call(srv.url + "/health", token="wrong")[0] == 401
+        assert call(endpoint, chat(images[0]), token="wrong")[0] == 401
+        assert call(srv.url + "/health", token="s3cret")[0] == 200
+        # a body announced over the limit is refused from its Content-Length, before it is sent
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            conn.putrequest("POST", "/v1/chat/completions")
+            conn.putheader("Authorization", "Bearer s3cret")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(10**9))
+            conn.endheaders()
+            response = conn.getresponse()
+            assert response.status == 413
+            assert "max_request_mb" in json.loads(response.read())["error"]["message"]
+        finally:
+            conn.close()
+        # a real oversized body: refused as well, and the client reads the 413 (no reset)
+        big = [Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8))] * 2
+        assert call(endpoint, chat(big), token="s3cret")[0] == 413
+        status, body = call(endpoint, raw=b"{not json", token="s3cret")
+        assert status == 400 and "not valid JSON" in body["error"]["message"]
+        assert call(endpoint, chat(images[0]), token="s3cret")[0] == 200
+
+
+def test_a_burst_of_100_concurrent_clients_is_served_without_resets(cfg, critic):
+    images, texts = samples(1)
+    body = json.dumps(chat(images[0], texts[0], logprobs=True, top_logprobs=5)).encode()
+    host_port = None
+    results: list = []
+    start = threading.Barrier(100)
+
+    def one() -> None:
+        try:
+            conn = http.client.HTTPConnection(*host_port, timeout=120)
+            start.wait()
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            results.append(conn.getresponse().status)
+            conn.close()
+        except Exception as err:  # noqa: BLE001 - the test counts every kind of failure
+            results.append(type(err).__name__)
+
+    with serving(cfg, critic, max_batch=16) as srv:
+        parts = urlsplit(srv.url)
+        host_port = (parts.hostname, parts.port)
+        threads = [threading.Thread(target=one) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    assert results.count(200) == 100, sorted(map(str, results))
+
+
+def test_a_client_trickling_its_request_is_dropped_at_the_deadline(cfg, critic):
+    with serving(cfg, critic, request_deadline_s=1.5) as srv:
+        parts = urlsplit(srv.url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b" ")
+                if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.3)
+        sock.close()
+        assert closed, "the server kept a trickling client past server.request_deadline_s"
+        assert call(srv.url + "/health")[0] == 200  # and still serves others
