@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import math
 import threading
 import time
@@ -77,6 +78,7 @@ class _Scripted(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         step = self.server.script.pop(0) if self.server.script else "ok"
         self.server.seen += 1
+        self.server.peers.add(self.client_address)
         if step == "slow":
             time.sleep(1.0)
             step = "ok"
@@ -93,11 +95,15 @@ class _Scripted(BaseHTTPRequestHandler):
             pass
 
 
+class _KeepAlive(_Scripted):
+    protocol_version = "HTTP/1.1"
+
+
 @contextmanager
-def scripted(script):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+def scripted(script, handler=_Scripted):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
-    httpd.script, httpd.seen = list(script), 0
+    httpd.script, httpd.seen, httpd.peers = list(script), 0, set()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -131,3 +137,25 @@ def test_retries_on_5xx_and_timeouts_but_not_on_4xx(cfg):
         remote = server_critic(cfg, url, retries=0, scoring="logits")
         with pytest.raises(CriticRequestError, match="no logprobs"):
             remote.score(images, ["fur"])
+
+
+def test_an_unreachable_server_is_named_in_the_warning_and_the_error(cfg, caplog):
+    with scripted([]) as (_, url):
+        pass  # the port is free again: nothing listens there
+    with caplog.at_level(logging.WARNING, logger="coz_train.rewards.critic.client"):
+        remote = server_critic(cfg, url, retries=1, scoring="generate")
+    assert f"The critic server at {url} is not answering yet (ConnectError" in caplog.text
+    with pytest.raises(CriticUnavailableError, match=f"{url}/v1/chat/completions is unavailable: 2 attempts"):
+        remote.score(pair(), ["fur"])
+
+
+def test_connections_are_kept_alive_and_proxies_in_the_environment_ignored(cfg, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing there: a proxied request would fail
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with scripted([], handler=_KeepAlive) as (httpd, url):
+        remote = server_critic(cfg, url, retries=0, scoring="generate", concurrency=1)
+        assert remote.score(pair() * 5, ["fur"] * 5) == [7.0] * 5
+        assert httpd.seen == 5 and len(httpd.peers) == 1  # one connection for all five requests
+        remote.close()
