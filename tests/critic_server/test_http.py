@@ -2,8 +2,10 @@
 
 import http.client
 import json
+import logging
 import select
 import socket
+import struct
 import threading
 import time
 from urllib.parse import urlsplit
@@ -106,3 +108,28 @@ def test_a_client_trickling_its_request_is_dropped_at_the_deadline(cfg, critic):
         assert closed_after is not None, "the server kept a trickling client past server.request_deadline_s"
         assert closed_after < 5
         assert call(srv.url + "/health")[0] == 200  # and still serves others
+
+
+def test_a_client_hanging_up_before_its_answer_is_one_info_line(cfg, critic, caplog):
+    images, _ = samples(1)
+    body = json.dumps(chat(images[0], logprobs=True, top_logprobs=-1)).encode()
+    caplog.set_level(logging.INFO, logger="coz_train.critic_server")
+
+    def went_away() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "went away before the answer" in r.getMessage()]
+
+    with serving(cfg, critic, batch_wait_ms=500) as srv:  # the batcher waits: the client is gone before the answer
+        parts = urlsplit(srv.url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        sock.close()
+        deadline = time.monotonic() + 30
+        while not went_away() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call(srv.url + "/health")[0] == 200  # and still serves others
+    lines = went_away()
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].exc_info is None, caplog.text
+    assert "ConnectionResetError" in lines[0].getMessage() or "BrokenPipeError" in lines[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
