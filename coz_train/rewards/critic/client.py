@@ -29,7 +29,6 @@ import math
 import os
 import ssl
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -37,6 +36,7 @@ import httpx
 from omegaconf import DictConfig
 
 from coz_train.rewards.critic.common import instruction_text, parse_score
+from coz_train.rewards.guard import abandoned
 
 log = logging.getLogger(__name__)
 
@@ -174,20 +174,29 @@ class ServerCritic:
             raise CriticRequestError(f"The critic server at {self.url} answered with something that is not JSON: "
                                      f"{response.content[:200]!r}") from None
 
-    def request(self, body: dict) -> dict:
-        """POST one chat completion, retrying connection errors, timeouts and 5xx with exponential backoff."""
+    def request(self, body: dict, given_up: threading.Event | None = None) -> dict:
+        """POST one chat completion, retrying connection errors, timeouts and 5xx with exponential backoff; no further
+        attempt once `given_up` is set (the reward call's deadline passed: `coz_train.rewards.guard.abandoned`)."""
         data = json.dumps(body).encode()
+        given_up = given_up or threading.Event()
         attempts, last = 1 + max(0, self.cfg.retries), None
         for attempt in range(attempts):
-            if attempt:
-                time.sleep(min(60.0, self.backoff_s * 2 ** (attempt - 1)))
+            if attempt and given_up.wait(min(60.0, self.backoff_s * 2 ** (attempt - 1))):
+                break
+            if given_up.is_set():
+                break
             with self._lock:
                 self.attempts += 1
             try:
                 return self._post(data)
             except _Retryable as err:
                 last = err
+                if given_up.is_set():
+                    break
                 log.warning("Critic request to %s failed (attempt %d/%d): %s", self.url, attempt + 1, attempts, err)
+        if given_up.is_set():
+            raise CriticUnavailableError(f"The request to the critic server at {self.url} was given up: the reward "
+                                         f"call's deadline (reward_failure.deadline_s) passed; last error: {last}")
         raise CriticUnavailableError(
             f"The critic server at {self.url} is unavailable: {attempts} attempts failed "
             f"(critic.retries={self.cfg.retries}, critic.timeout_s={self.cfg.timeout_s}); last error: {last}"
@@ -209,11 +218,13 @@ class ServerCritic:
             raise CriticRequestError(f"The critic server at {self.url} answered an unexpected shape ({err!r}): "
                                      f"{json.dumps(response)[:300]}") from None
 
-    def _score_one(self, images: list, text: str) -> float | None:
-        return self.score_response(self.request(self.payload(images, text)))
+    def _score_one(self, images: list, text: str, given_up: threading.Event | None) -> float | None:
+        return self.score_response(self.request(self.payload(images, text), given_up))
 
     def score(self, images: list[list], texts: list[str]) -> list[float | None]:
-        futures = [self._pool.submit(self._score_one, imgs, text) for imgs, text in zip(images, texts, strict=True)]
+        given_up = abandoned()  # the pool's threads do not see the reward call's context: handed over explicitly
+        futures = [self._pool.submit(self._score_one, imgs, text, given_up)
+                   for imgs, text in zip(images, texts, strict=True)]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()

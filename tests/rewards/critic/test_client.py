@@ -159,3 +159,34 @@ def test_connections_are_kept_alive_and_proxies_in_the_environment_ignored(cfg, 
         assert remote.score(pair() * 5, ["fur"] * 5) == [7.0] * 5
         assert httpd.seen == 5 and len(httpd.peers) == 1  # one connection for all five requests
         remote.close()
+
+
+def test_a_call_past_the_reward_deadline_stops_retrying(cfg, caplog):
+    """reward_failure.deadline_s gives up on a call whose requests keep failing: the client's thread then makes no
+    further attempt (and logs no more failures) instead of retrying in the background."""
+    from coz_train.rewards.guard import GuardedReward, RewardFailedError, UpdateGuard
+
+    with scripted([503] * 200) as (httpd, url):
+        remote = server_critic(cfg, url, scoring="generate", score_max=9, timeout_s=2, retries=100)
+        remote.backoff_s = 0.05
+
+        def critic_reward(prompts=None, completions=None, **kwargs):
+            return remote.score(pair() * len(completions), completions)
+
+        reward = GuardedReward(critic_reward, UpdateGuard("stop"), retries=0, backoff_s=0, deadline_s=0.6)
+        with caplog.at_level(logging.WARNING), pytest.raises(RewardFailedError, match="deadline_s=0.6"):
+            reward(prompts=["p"], completions=["fur"])
+        at_deadline = httpd.seen
+        assert at_deadline >= 2  # it was retrying
+        time.sleep(1.5)
+        assert httpd.seen <= at_deadline + 1  # at most the attempt already on the wire
+        failures = [r for r in caplog.records if "Critic request" in r.getMessage()]
+        time.sleep(0.3)
+        assert [r for r in caplog.records if "Critic request" in r.getMessage()] == failures
+    # control: without a deadline the same client goes on retrying
+    with scripted([503] * 8) as (httpd, url):
+        remote = server_critic(cfg, url, scoring="generate", score_max=9, timeout_s=2, retries=7)
+        remote.backoff_s = 0.01
+        with pytest.raises(CriticUnavailableError, match="8 attempts"):
+            remote.score(pair(), ["fur"])
+        assert httpd.seen == 8
