@@ -1,0 +1,1 @@
+"""The study's statistics (see results.py); the public entry points are re-exported here."""
