@@ -1,1 +1,6 @@
-"""The study's statistics (see results.py); the public entry points are re-exported here."""
+"""The study's statistics: `analyze` the ratings (see results.py and the modules it names)."""
+
+from coz_train.study.analysis.results import Results, TestResult, analyze
+from coz_train.study.analysis.screening import ScreeningRules
+
+__all__ = ["Results", "ScreeningRules", "TestResult", "analyze"]
