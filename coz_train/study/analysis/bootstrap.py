@@ -7,11 +7,14 @@ the study would invite other raters and show other images. Each bootstrap replic
   3. keeps the ratings in the crossing, each one as often as its rater was drawn times as often as its
      item was drawn (a rater drawn twice and an item drawn three times give six copies of that rating).
 This is the "pigeonhole" bootstrap of Owen (2007, Annals of Applied Statistics 1(2)) for crossed random
-effects: for a score model rater + item + noise its variance estimate is slightly conservative (the
-interaction/noise term is counted up to three times), whereas resampling ratings alone, or raters
-alone, ignores the item (or rater) variance and gives intervals that are too narrow. Intervals are
-percentile intervals of the replicates; a replicate in which a statistic is undefined (no rating of a
-condition was drawn) is left out of that statistic's interval.
+effects. For a score model rater + item + noise it counts the noise term up to three times (a little
+conservative), while the percentile interval of a few raters and items falls a little short; in the
+simulations of the tests (12-25 raters, 10-20 items, the paper's MOS levels) the 95% intervals covered
+the true MOS 93-94% of the time. Resampling ratings alone, or raters alone, ignores the item (or rater)
+variance: in the same simulations those intervals covered 59% and 73%. For pairwise answers, where the
+binary noise dominates, the overcounting makes the intervals noticeably wider than needed. Intervals
+are percentile intervals of the replicates; a replicate in which a statistic is undefined (no rating of
+a condition was drawn) is left out of that statistic's interval.
 
 Replicates are drawn as multiplicity weights, not as copied rows, and in chunks so that memory stays at
 about `CHUNK_ELEMENTS` floats whatever the study size.

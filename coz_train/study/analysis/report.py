@@ -86,14 +86,15 @@ def _screening_section(results: Results) -> list[str]:
              f"{r.max_repeat_difference:g} points from their first showing on average (pairwise: more than "
              f"{r.max_repeat_flips:.0%} answered for the other condition); the degraded control scored "
              f"{r.control_high:g} or more on average (pairwise: chosen in more than {r.max_control_chosen:.0%}); "
-             f"median answer time under {r.min_median_seconds:g} s; Pearson correlation with the other raters' "
-             f"mean below {r.min_correlation:g} over at least {r.min_overlap} shared cells, or the same answer "
+             f"median answer time under {r.min_median_seconds:g} s; MOS scores' Pearson correlation with the other "
+             f"raters' mean below {r.min_correlation:g} over at least {r.min_overlap} shared cells, or the same answer "
              f"on all of at least {r.min_same}.", "",
-             "| rater | ratings | repeat diff. | control score | median s | correlation | flagged because |",
-             "|---|---|---|---|---|---|---|"]
+             "| rater | ratings | repeat diff. | control score | repeat flips | control chosen | median s "
+             "| correlation | flagged because |", "|---|---|---|---|---|---|---|---|---|"]
     for c in results.raters:
         lines.append(f"| {c.rater} | {c.n_ratings} | {_num(c.repeat_difference)} | {_num(c.control_score)} "
-                     f"| {_num(c.median_seconds, 1)} | {_num(c.correlation)} | {c.reason or '-'} |")
+                     f"| {_num(c.repeat_flips)} | {_num(c.control_chosen)} | {_num(c.median_seconds, 1)} "
+                     f"| {_num(c.correlation)} | {c.reason or '-'} |")
     return lines + [""]
 
 

@@ -43,12 +43,6 @@ class TestResult:
     pair_comparisons: list[Comparison] | None = None
     pair_alpha: float = math.nan         # alpha (interval) of the pairwise answers as +1 / 0 / -1
 
-    @property
-    def conditions(self) -> list[str]:
-        if self.mos:
-            return [m.condition for m in self.mos]
-        return list(self.bradley_terry.conditions) if self.bradley_terry else []
-
 
 @dataclass(frozen=True)
 class Results:

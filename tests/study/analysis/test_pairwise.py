@@ -29,6 +29,18 @@ def test_known_strengths_and_ordering_are_recovered() -> None:
     assert comparisons[("Single", "GRPO")].estimate == pytest.approx(bt.scores[3] - bt.scores[1])
 
 
+def test_intervals_are_not_too_narrow() -> None:
+    """Over 100 simulated pairwise studies the 95% intervals cover the true strengths at least nominally."""
+    truth = {"Single": -0.5, "Multiple": 0.1, "GRPO": 0.4}
+    covered = []
+    for sim in range(100):
+        ratings = simulate_pairs(truth, n_raters=10, n_items=8, rng=np.random.default_rng(sim), item_sd=0.0)
+        results = analyze(ratings, conditions=list(truth), n_boot=100, drop_flagged=False, seed=sim)
+        bt = results.tests["image"].bradley_terry
+        covered += [lo <= truth[c] <= hi for c, lo, hi in zip(bt.conditions, bt.ci_low, bt.ci_high, strict=True)]
+    assert np.mean(covered) >= 0.93
+
+
 def test_ordering_survives_unsure_answers_and_item_effects() -> None:
     ratings = simulate_pairs(STRENGTHS, n_raters=15, n_items=10, rng=np.random.default_rng(1), unsure=0.25)
     bt = analyze(ratings, conditions=list(STRENGTHS), n_boot=100).tests["image"].bradley_terry
