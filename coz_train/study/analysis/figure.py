@@ -98,7 +98,7 @@ def draw_figure(results: Results) -> Figure:
     if not panels:
         axes[0][0].text(0.5, 0.5, "no ratings left to show", ha="center", va="center")
         axes[0][0].set_axis_off()
-    fig.suptitle(f"with {results.label}; error bars: 95% bootstrap intervals (raters x items)", fontsize=8, y=0.02,
+    fig.suptitle(f"with {results.label()}; error bars: 95% bootstrap intervals (raters x items)", fontsize=8, y=0.02,
                  va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

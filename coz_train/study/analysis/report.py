@@ -124,7 +124,7 @@ def markdown(results: Results) -> str:
     flagged = len(results.flags)
     lines = ["# Human study: results", "",
              f"{n_raters} raters, {flagged} flagged by the screening; the tables below are with "
-             f"{results.label}. {results.n_checks} hidden check ratings were used for screening only. "
+             f"{results.label()}. {results.n_checks} hidden check ratings were used for screening only. "
              f"Intervals: {results.n_boot} two-way bootstrap replicates (raters x items), seed {results.seed}.", ""]
     if not results.tests:
         lines += ["Every rater was flagged: nothing is left to analyse without them.", ""]
@@ -133,7 +133,7 @@ def markdown(results: Results) -> str:
     if results.screened is results.all_raters:
         lines += ["## With all raters", "", "No rater was flagged: the analysis with all raters is the one above.", ""]
     else:
-        lines += [f"## The same with {results.alternative_label}", ""]
+        lines += [f"## The same with {results.label(primary=False)}", ""]
         if not results.alternative:
             lines += ["Every rater was flagged: nothing is left without them.", ""]
         for t in results.alternative.values():

@@ -66,17 +66,13 @@ class Results:
         return self.screened if self.drop_flagged else self.all_raters
 
     @property
-    def label(self) -> str:
-        return DROPPED if self.drop_flagged else KEPT
-
-    @property
     def alternative(self) -> dict[str, TestResult]:
+        """The other analysis, reported beside the result."""
         return self.all_raters if self.drop_flagged else self.screened
 
-    @property
-    def alternative_label(self) -> str:
-        return KEPT if self.drop_flagged else DROPPED
-
+    def label(self, primary: bool = True) -> str:
+        """Which raters the result (or, primary=False, the alternative) was computed with."""
+        return DROPPED if self.drop_flagged == primary else KEPT
 
 def _test_result(ratings: list[Rating], test: str, order: list[str], n_boot: int, seed: int) -> TestResult | None:
     mos = mos_cells(ratings, test, order)

@@ -54,5 +54,5 @@ def log_to_wandb(results: Results, run: Any) -> None:
             names = ["rater" if c == "condition" and key == "study/screening" else c for c in columns]
             payload[key] = wandb.Table(columns=names, data=data)
     figure = Image.open(io.BytesIO(png_bytes(results))).convert("RGB")
-    payload["study/figure"] = wandb.Image(figure, caption=f"with {results.label}")
+    payload["study/figure"] = wandb.Image(figure, caption=f"with {results.label()}")
     run.log(payload)
