@@ -182,7 +182,7 @@ class ChainBuilder:
 
     def load(self) -> None:
         from coz_train.eval.backbones import load_backbone
-        from coz_train.eval.run import eval_device
+        from coz_train.eval.shards import eval_device
 
         cfg, bcfg = self.cfg, backbone_config(self.cfg)
         device = eval_device(cfg.device)
