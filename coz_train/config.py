@@ -245,7 +245,7 @@ DataBackboneSection = _data_backbone_section()
 class EvalConfig:
     image_dir: str | None = None  # eval images; default: the shipped images below
     shipped_images: list[str] = field(default_factory=list)
-    max_images: int | None = None
+    max_images: int | None = None  # the first N of the sorted list (unusable ones among them are skipped)
     process_size: int = 512
     scale: int = 4
     steps: int = 4  # 4x, 16x, 64x, 256x
@@ -266,6 +266,8 @@ class EvalConfig:
     device: str = "auto"
     batch_size: int = 4
     figures: bool = True
+    shard: int = 0  # evaluate images[shard::num_shards] only (a SLURM array task); ranks split it again
+    num_shards: int = 1
     backbone: BackboneSection = field(default_factory=BackboneSection)
 
 

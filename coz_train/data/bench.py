@@ -149,7 +149,7 @@ def main() -> None:
     if args.figure:
         pairs_figure(args.figure_backbone, args.image, args.size, args.depth, args.figure)
         return
-    from coz_train.eval.run import eval_device
+    from coz_train.eval.shards import eval_device
 
     bench(args.backbones, args.size, args.depth, args.image, eval_device(args.device), args.out)
 

@@ -47,6 +47,7 @@ from PIL import Image
 from coz_train.data.images import NoUsableImagesError, SkipReport, load_rgb
 from coz_train.data.prompts import zoom_prompt
 from coz_train.data.zoom import RESAMPLERS, Box, crop_box, start_state
+from coz_train.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class ChainBuilder:
 
     def load(self) -> None:
         from coz_train.eval.backbones import load_backbone
-        from coz_train.eval.run import eval_device
+        from coz_train.eval.shards import eval_device
 
         cfg, bcfg = self.cfg, backbone_config(self.cfg)
         device = eval_device(cfg.device)
@@ -240,18 +241,6 @@ class ChainBuilder:
         return rows
 
 
-class _LogStream:
-    """A file for tqdm that writes each refresh of the bar as one log line (no carriage returns in the log)."""
-
-    def write(self, text: str) -> None:
-        text = text.strip("\r\n ")
-        if text:
-            log.info("%s", text)
-
-    def flush(self) -> None:
-        pass
-
-
 def _chunks(n_items: int, size: int) -> list[range]:
     return [range(lo, min(lo + size, n_items)) for lo in range(0, n_items, size)]
 
@@ -262,8 +251,6 @@ def _part_path(parts: Path, j: int) -> Path:
 
 def _build_parts(builder: ChainBuilder, source: Any, parts: Path, wanted: list[int], chunks: list[range]) -> None:
     """Build every chunk in `wanted` that has no finished part yet, with a progress bar and ETA on the log."""
-    from tqdm import tqdm
-
     from coz_train.data.dataset import FEATURES
 
     todo = [j for j in wanted if not _part_path(parts, j).is_dir()]
@@ -273,8 +260,7 @@ def _build_parts(builder: ChainBuilder, source: Any, parts: Path, wanted: list[i
         return
     parts.mkdir(parents=True, exist_ok=True)
     cap = builder.cfg.max_images or len(source.items)  # a part stops at max_images usable images
-    bar = tqdm(total=sum(min(len(chunks[j]), cap) for j in todo), unit="img", desc="backbone chains", file=_LogStream(),
-               mininterval=float(os.environ.get("COZ_PROGRESS_INTERVAL", "30")), ascii=True, ncols=100)
+    bar = progress_bar(sum(min(len(chunks[j]), cap) for j in todo), "backbone chains", log)
     with bar:
         for j in todo:
             report, used = SkipReport(), []

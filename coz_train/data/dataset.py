@@ -29,6 +29,7 @@ from coz_train.data.chains import build_backbone_dataset, chain_key, check_chain
 from coz_train.data.images import NoUsableImagesError, SkipReport, list_image_files, load_rgb, shipped_images
 from coz_train.data.prompts import zoom_prompt
 from coz_train.data.zoom import resampler, start_state, zoom_chain
+from coz_train.progress import progress_bar
 from coz_train.tiny.models import cache_root
 
 log = logging.getLogger(__name__)
@@ -117,23 +118,28 @@ def cache_key(data_cfg: Any, seed: int, signature: Any, extra: Any = None) -> st
 def _rows(data_cfg: Any, seed: int, source: ImageSource, report: SkipReport, used: list[str]) -> Iterator[dict]:
     upscale = resampler(data_cfg.upscaler)
     prompt = zoom_prompt(data_cfg.single_image_prompt)
-    for index, (name, item) in enumerate(source.items):
-        image = load_rgb(
-            source.open(item), name, data_cfg.process_size, data_cfg.small_images, data_cfg.max_image_pixels, report
-        )
-        if image is None:
-            continue
-        used.append(name)
-        start = start_state(image, data_cfg.process_size)
-        for chain in range(data_cfg.chains_per_image):
-            # One generator per (image, chain): the crops do not depend on which other images exist.
-            rng = np.random.default_rng([seed, index, chain]) if data_cfg.crop == "random" else None
-            states, boxes = zoom_chain(start, data_cfg.depth, data_cfg.scale, data_cfg.crop, upscale, rng)
-            for depth in range(1, data_cfg.depth + 1):
-                pair = [states[depth]] if data_cfg.single_image_prompt else [states[depth - 1], states[depth]]
-                yield {"prompt": prompt, "images": pair, "depth": depth, "source": name, "crop_box": list(boxes[depth - 1])}
-        if data_cfg.max_images is not None and len(used) >= data_cfg.max_images:
-            break
+    total = min(len(source.items), data_cfg.max_images or len(source.items))  # skipped images make it run longer
+    with progress_bar(total, "zoom pairs", log) as bar:
+        for index, (name, item) in enumerate(source.items):
+            image = load_rgb(
+                source.open(item), name, data_cfg.process_size, data_cfg.small_images, data_cfg.max_image_pixels, report
+            )
+            if image is None:
+                bar.update()
+                continue
+            used.append(name)
+            start = start_state(image, data_cfg.process_size)
+            for chain in range(data_cfg.chains_per_image):
+                # One generator per (image, chain): the crops do not depend on which other images exist.
+                rng = np.random.default_rng([seed, index, chain]) if data_cfg.crop == "random" else None
+                states, boxes = zoom_chain(start, data_cfg.depth, data_cfg.scale, data_cfg.crop, upscale, rng)
+                for depth in range(1, data_cfg.depth + 1):
+                    pair = [states[depth]] if data_cfg.single_image_prompt else [states[depth - 1], states[depth]]
+                    yield {"prompt": prompt, "images": pair, "depth": depth, "source": name,
+                           "crop_box": list(boxes[depth - 1])}
+            bar.update()
+            if data_cfg.max_images is not None and len(used) >= data_cfg.max_images:
+                break
 
 
 def check_data_config(data_cfg: Any) -> None:

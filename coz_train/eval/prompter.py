@@ -28,11 +28,26 @@ from coz_train.policy.adapters import AdapterError, check_adapter_folder, load_a
 log = logging.getLogger(__name__)
 
 USER_SUFFIX = "+user"
+ADAPTER_SOURCE = "vlm+adapter"
 PROMPT_SOURCES = ("null", "user", "vlm", "vlm+adapter", "vlm+user", "vlm+adapter+user")
 
 
 def uses_user_prompt(source: str) -> bool:
     return source == "user" or source.endswith(USER_SUFFIX)
+
+
+def is_vlm(source: str) -> bool:
+    return source.startswith("vlm")
+
+
+def as_base(source: str) -> str:
+    """The same source with the base model's prompts: vlm+adapter+user -> vlm+user (also in a result name)."""
+    return source.replace(ADAPTER_SOURCE, "vlm")
+
+
+def as_adapter(source: str) -> str:
+    """The same source with the adapter's prompts: vlm -> vlm+adapter, vlm+user -> vlm+adapter+user."""
+    return ADAPTER_SOURCE + as_base(source).removeprefix("vlm")
 
 
 def append_user_prompt(prompt: str, user_prompt: str) -> str:

@@ -7,6 +7,7 @@ Reads the run's `log_history.jsonl` (or, for a run without it, the newest checkp
 repetition, and any other registered reward) against the optimizer step, mean +- std where
 logged, into `<run>/reward_curves.png`. In the paper the phrase-exclusion reward reaches 1.0 and
 the repetition penalty 0.0 early, while the critic reward rises throughout.
+`python -m coz_train.eval.checkpoints` draws the same panels above its metric-against-step curves.
 """
 
 from __future__ import annotations
@@ -42,15 +43,17 @@ def load_history(run_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def reward_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    run_dir = Path(run_dir)
-    history = load_history(run_dir)
+def reward_panels(history: list[dict]) -> list[tuple[str, str, str]]:
+    """(mean key, std key, title) of the total reward and of every logged component."""
     components = sorted({m.group(1) for e in history for k in e if (m := re.fullmatch(r"rewards/(.+)/mean", k))})
-    panels = [("reward", "reward_std", "total reward")] + [
+    return [("reward", "reward_std", "total reward")] + [
         (f"rewards/{c}/mean", f"rewards/{c}/std", c.replace("_", " ")) for c in components
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
-    for ax, (key, std_key, title) in zip(axes[0], panels, strict=True):
+
+
+def draw_rewards(axes: list, history: list[dict]) -> None:
+    """One reward panel per axis (as many axes as `reward_panels(history)`): mean +- std against the step."""
+    for ax, (key, std_key, title) in zip(axes, reward_panels(history), strict=True):
         points = [(e["step"], e[key], e.get(std_key)) for e in history if key in e]
         steps = [p[0] for p in points]
         means = [p[1] for p in points]
@@ -61,6 +64,14 @@ def reward_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
                             [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+
+
+def reward_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    history = load_history(run_dir)
+    panels = len(reward_panels(history))
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.0), squeeze=False)
+    draw_rewards(list(axes[0]), history)
     fig.tight_layout()
     path = Path(out) if out else run_dir / "reward_curves.png"
     fig.savefig(path, dpi=100)

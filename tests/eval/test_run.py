@@ -164,10 +164,12 @@ def test_unreadable_eval_images_are_skipped_and_counted(make_config, tmp_path, c
     cfg = make_config("+experiment=smoke_eval", f"eval.image_dir={folder}", "eval.methods=[bicubic]",
                       "eval.metrics=[psnr,piqe]", "eval.small_images=skip", "eval.figures=false")
     out = evaluate(cfg)
-    assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["set_good"]
+    assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["broken.skipped.json", "set_good", "tiny.skipped.json"]
     assert "Skipped 2 eval images" in caplog.text and "unreadable" in caplog.text and "too small" in caplog.text
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.png").write_bytes(b"nope")
+    none_usable = make_config("+experiment=smoke_eval", f"eval.image_dir={empty}", "eval.methods=[bicubic]")
+    none_usable.output_dir = str(tmp_path / "none-usable")  # a run folder holds one config's results
     with pytest.raises(Exception, match="No usable eval image"):
-        evaluate(make_config("+experiment=smoke_eval", f"eval.image_dir={empty}", "eval.methods=[bicubic]"))
+        evaluate(none_usable)

@@ -216,6 +216,30 @@ def test_eval_sbatch_smoke(slurm, tmp_path):
     assert "[eval.sbatch] exited with 0" in log
 
 
+def test_eval_sbatch_array_shards_write_the_single_process_tables(slurm, tmp_path, make_config):
+    """eval.sbatch as a 2-task array: each task evaluates its shard into one run dir; the last to finish
+    writes the tables, which are those of a single process."""
+    from coz_train.eval.run import evaluate
+
+    overrides = ["+experiment=smoke_eval", "eval/backbone=bicubic", "eval.methods=[bicubic,recursive_multiscale]",
+                 "eval.prompt_sources=[null,vlm]", "eval.metrics=[piqe,psnr]", "eval.steps=2",
+                 "eval.shipped_images=[astronaut,coffee,chelsea]"]
+    run = tmp_path / "run"
+    job = slurm.submit(EVAL, *overrides, cwd=ROOT, env=job_env(RUN_DIR=str(run)),
+                       sbatch_args=[*NO_GPU, "-c", "1", "--array=0-1", "-o", str(tmp_path / "eval-%a.out")])
+    logs = []
+    for task in (0, 1):
+        state = slurm.wait(f"{job}_{task}", timeout=300)
+        logs.append(read(tmp_path / f"eval-{task}.out"))
+        assert state == "COMPLETED", f"{state}\n{logs[-1][-6000:]}"
+        assert f"shard {task} of 2" in logs[-1] and "[eval.sbatch] exited with 0" in logs[-1]
+    assert sorted(p.name for p in (run / "per-sample").iterdir()) == ["astronaut", "chelsea", "coffee"]
+    assert "Results of 3 images" in "".join(logs), "no task merged:\n" + "\n".join(log[-3000:] for log in logs)
+    single = evaluate(make_config(*overrides))
+    for name in ("results.csv", "results.md"):
+        assert (run / name).read_bytes() == (single / name).read_bytes(), name
+
+
 def test_hydra_slurm_launcher_submits_and_collects(slurm_accounting, tmp_path):
     """`-m hydra/launcher=slurm`: submitit submits the smoke run as a job and collects its result
     (submitit reads the final state from accounting: sacct -> slurmdbd -> mariadb)."""

@@ -34,7 +34,7 @@ the metric is unavailable with the missing paths and the command that fetches th
 from coz_train.eval.metrics.full_reference import psnr, ssim, y_channel
 from coz_train.eval.metrics.metric import Metric, MetricUnavailable
 from coz_train.eval.metrics.params import fetch_params, iqa_dir
-from coz_train.eval.metrics.registry import METRIC_NAMES, build_metrics
+from coz_train.eval.metrics.registry import METRIC_NAMES, build_metrics, higher_is_better
 
-__all__ = ["METRIC_NAMES", "Metric", "MetricUnavailable", "build_metrics", "fetch_params", "iqa_dir", "psnr", "ssim",
-           "y_channel"]
+__all__ = ["METRIC_NAMES", "Metric", "MetricUnavailable", "build_metrics", "fetch_params", "higher_is_better", "iqa_dir",
+           "psnr", "ssim", "y_channel"]

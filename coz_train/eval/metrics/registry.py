@@ -43,6 +43,11 @@ METRIC_NAMES: dict[str, str] = {
 assert set(METRIC_NAMES) == set(_SPECS)
 
 
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of the named metric is better (False for NIQE, PIQE, BRISQUE)."""
+    return _SPECS[name].higher_is_better
+
+
 def build_metrics(names: list[str], device: torch.device) -> tuple[dict[str, Metric], dict[str, str]]:
     """The metrics of `names` that can be computed here, and for each of the others the reason why not.
 

@@ -1,0 +1,151 @@
+"""The per-sample record of an eval run: what is finished, written so that a kill never leaves a half sample.
+
+    <run>/per-sample/<image>/<method>/<k>.png, prompts.json   the chains (k = 0 is the input)
+    <run>/per-sample/<image>/chains.png                       the figure (eval.figures)
+    <run>/per-sample/<image>/scores.json                      every (method, scale, metric, value) of the image
+    <run>/per-sample/<image>.skipped.json                     an image that could not be used, and why
+    <run>/eval_record.json                                    the config the record was made with
+
+An image's folder is written as `per-sample/.<image>.tmp<pid>/` and renamed into place once
+complete (a rename is atomic), so an image is finished exactly when `per-sample/<image>/scores.json`
+(or its `.skipped.json`) exists; anything else (a folder left by an older run, a temp folder of a
+killed one) is made again. The tables are computed from the scores alone (`merge.py`).
+
+A run folder holds the results of one eval config: `eval_record.json` keeps the config, and a
+later run (a restart, another shard) whose config differs in a key that changes the results stops
+with the keys named, instead of mixing two configs in one table. Keys that only say how the run
+is done (RUN_ONLY_KEYS) may differ; `eval.max_images` may grow, so a run can be extended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from coz_train.eval.chain import Chain
+
+RECORD = "eval_record.json"
+SCORES = "scores.json"
+RECORD_FORMAT = 1
+RUN_ONLY_KEYS = ("shard", "num_shards", "max_images", "figures", "device", "batch_size")
+
+Score = tuple[str, int, str, float]  # method, scale, metric, value
+
+
+class RecordMismatchError(ValueError):
+    pass
+
+
+def per_sample(out: Path) -> Path:
+    return out / "per-sample"
+
+
+def sample_dir(out: Path, name: str) -> Path:
+    return per_sample(out) / name
+
+
+def skip_file(out: Path, name: str) -> Path:
+    return per_sample(out) / f"{name}.skipped.json"
+
+
+def is_finished(out: Path, name: str) -> bool:
+    return (sample_dir(out, name) / SCORES).is_file() or skip_file(out, name).is_file()
+
+
+def _clear_leftovers(out: Path, name: str) -> None:
+    """Temp folders of killed runs, and a folder without scores (an older run's, or one never finished)."""
+    for tmp in per_sample(out).glob(f".{name}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if sample_dir(out, name).exists():
+        shutil.rmtree(sample_dir(out, name))
+
+
+def save_chains(folder: Path, chains: list[Chain]) -> None:
+    for chain in chains:
+        sub = folder / chain.method
+        sub.mkdir(parents=True, exist_ok=True)
+        for k, state in enumerate(chain.states):
+            state.save(sub / f"{k}.png")
+        (sub / "prompts.json").write_text(json.dumps({str(k + 1): p for k, p in enumerate(chain.prompts)}, indent=1))
+
+
+def write_sample(out: Path, name: str, chains: list[Chain], scores: list[Score], unavailable: dict[str, str],
+                 figure: Any = None) -> None:
+    """One image's chains, figure (`figure(chains, path)`, optional) and scores, published in one rename."""
+    _clear_leftovers(out, name)
+    tmp = per_sample(out) / f".{name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True)
+    save_chains(tmp, chains)
+    if figure is not None:
+        figure(chains, tmp / "chains.png")
+    # json writes NaN (an undefined score) and inf (PSNR of identical images) as NaN / Infinity and reads them back
+    (tmp / SCORES).write_text(json.dumps({"scores": [list(s) for s in scores], "unavailable": unavailable}))
+    os.replace(tmp, sample_dir(out, name))
+
+
+def write_skip(out: Path, name: str, reason: str, detail: str) -> None:
+    _clear_leftovers(out, name)
+    per_sample(out).mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(skip_file(out, name), {"reason": reason, "detail": detail})
+
+
+def read_sample(out: Path, name: str) -> dict[str, Any]:
+    """{"scores": [[method, scale, metric, value], ...], "unavailable": {...}} or {"skipped": {reason, detail}}."""
+    if skip_file(out, name).is_file():
+        return {"skipped": json.loads(skip_file(out, name).read_text())}
+    return json.loads((sample_dir(out, name) / SCORES).read_text())
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _results_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys that change the results: the eval section (less RUN_ONLY_KEYS), the policy and the seed."""
+    ev = {k: v for k, v in config["eval"].items() if k not in RUN_ONLY_KEYS}
+    return {"eval": ev, "policy": config.get("policy"), "seed": config.get("seed")}
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def check_record(out: Path, cfg: DictConfig) -> None:
+    """Stop when the run folder's record was made with a config that gives other results."""
+    path = out / RECORD
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    old = _flat(_results_config(stored["config"]))
+    new = _flat(_results_config(OmegaConf.to_container(cfg, resolve=True)))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
+        raise RecordMismatchError(
+            f"{out} holds eval results made with another config ({shown}{', ...' if len(differ) > 6 else ''}). "
+            "Give the same overrides to continue it, or evaluate into a new folder (hydra.run.dir=...)."
+        )
+
+
+def open_record(out: Path, cfg: DictConfig) -> None:
+    """Check the run folder's record against this config (or start one), then store this config."""
+    check_record(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / RECORD, {"format": RECORD_FORMAT, "config": OmegaConf.to_container(cfg, resolve=True)})
+
+
+def recorded_config(out: Path) -> DictConfig:
+    """The config of a run folder's record (for `python -m coz_train.eval.merge <run>`)."""
+    path = Path(out) / RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {out} is not the folder of a `python -m coz_train.eval` run.")
+    return OmegaConf.create(json.loads(path.read_text())["config"])

@@ -1,0 +1,74 @@
+"""The per-sample record: a restart skips finished images, a killed run's leftovers are redone, a run
+folder keeps one config, and the evaluation shows a progress bar with an ETA."""
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+import coz_train.eval.run as run_module
+from coz_train.eval.record import RecordMismatchError, write_sample
+from coz_train.eval.run import evaluate
+
+# Cheap but complete: a resize, the one-step and CoZ paths through a backbone, the tiny VLM's prompts,
+# a no-reference and a full-reference metric.
+CHEAP = ["+experiment=smoke_eval", "eval/backbone=bicubic", "eval.methods=[bicubic,onestep,recursive_multiscale]",
+         "eval.prompt_sources=[null,vlm]", "eval.metrics=[piqe,psnr]", "eval.steps=2", "eval.figures=false",
+         "eval.shipped_images=[astronaut,coffee,chelsea]"]
+
+
+def files_with_times(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_restart_skips_finished_images_and_redoes_unfinished_ones(make_config, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("COZ_PROGRESS_INTERVAL", "0")  # every update of the bar is a log line
+    caplog.set_level(logging.INFO)
+    first = make_config(*CHEAP, "eval.max_images=2")
+    out = evaluate(first)
+    assert re.search(r"eval: +100%\|.*\| 2/2 \[\d\d:\d\d<00:00", caplog.text), caplog.text[-2000:]
+    assert not re.search(r"Evaluated |: done", caplog.text)  # the bar replaces the per-image lines
+    samples = out / "per-sample"
+    astronaut = files_with_times(samples / "astronaut")
+    assert "scores.json" in astronaut and "recursive_multiscale-vlm/2.png" in astronaut
+
+    # what a kill leaves: coffee's folder without its scores (an older run's), a temp folder of chelsea's
+    (samples / "coffee" / "scores.json").unlink()
+    (samples / ".chelsea.tmp99999" / "bicubic").mkdir(parents=True)
+    written = []
+
+    def recording_write(out_dir, name, *args, **kwargs):
+        written.append(name)
+        return write_sample(out_dir, name, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "write_sample", recording_write)
+    caplog.clear()
+    again = make_config(*CHEAP)  # max_images may grow: the run is extended by chelsea
+    evaluate(again)
+    assert written == ["coffee", "chelsea"]  # astronaut is not recomputed
+    assert files_with_times(samples / "astronaut") == astronaut
+    assert "1 already in" in caplog.text
+    assert not list(samples.glob(".*tmp*"))
+    rows = (out / "results.csv").read_text().splitlines()
+    assert all(line.endswith(",3") for line in rows[1:] if ",piqe," in line)
+
+    # the resumed run's tables are those of one uninterrupted run
+    fresh = make_config(*CHEAP)
+    fresh.output_dir = str(tmp_path / "fresh")
+    assert (evaluate(fresh) / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
+    assert (Path(fresh.output_dir) / "results.md").read_bytes() == (out / "results.md").read_bytes()
+
+
+def test_a_run_folder_keeps_one_config(make_config, caplog):
+    cfg = make_config(*CHEAP, "eval.max_images=1", "eval.methods=[bicubic]")
+    out = evaluate(cfg)
+    stored = json.loads((out / "eval_record.json").read_text())["config"]
+    assert stored["eval"]["methods"] == ["bicubic"]
+    # how the run is done may change (device, batch size, figures, shards, more images); what it computes may not
+    evaluate(make_config(*CHEAP, "eval.max_images=2", "eval.methods=[bicubic]", "eval.batch_size=1", "eval.device=cpu"))
+    changed = make_config(*CHEAP, "eval.max_images=2", "eval.methods=[bicubic]", "eval.metrics=[piqe]")
+    with pytest.raises(RecordMismatchError, match=r"eval\.metrics: \['piqe', 'psnr'\] -> \['piqe'\].*hydra\.run\.dir"):
+        evaluate(changed)
+    assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["astronaut", "coffee"]
