@@ -56,7 +56,7 @@ def backbone_section(name: str, overrides: dict[str, Any], key: str) -> DictConf
     try:
         cfg = OmegaConf.merge(cfg, {k: v for k, v in overrides.items() if v is not None})
     except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"{key}: {err.msg.splitlines()[0]} (the keys of an eval backbone config are "
+        raise ValueError(f"{key}.{err.full_key}: {err.msg.splitlines()[0]} (the keys of an eval backbone config are "
                          f"{sorted(BackboneSection.__dataclass_fields__)}).") from None
     cfg.name = name
     return cfg
