@@ -33,7 +33,7 @@ from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
-from coz_train.rewards import active_rewards, build_rewards
+from coz_train.rewards import active_rewards, build_rewards, critic_needed
 from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
 from coz_train.wandb_setup import configure_wandb
@@ -129,7 +129,7 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
     if perf.vision_cache and not (cfg.policy.freeze_vision_tower and cfg.policy.freeze_projector):
         raise ValueError("perf.vision_cache=true needs a frozen vision tower and projector "
                          "(policy.freeze_vision_tower=true, policy.freeze_projector=true); set perf.vision_cache=false.")
-    if any(name == "critic" for name, _, _ in active_rewards(cfg.rewards)):
+    if critic_needed(active_rewards(cfg.rewards)):
         critic_prefix_wanted(cfg)
 
 
@@ -162,14 +162,14 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
     check_run_config(cfg)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
-    rewards = active_rewards(cfg.rewards)
+    rewards = active_rewards(cfg.rewards, cfg)
     for name, weight, _ in rewards:
         if weight < 0:
             log.warning("rewards.%s.weight=%s is negative: GRPO will push completions away from this reward.",
                         name, weight)
     check_data_config(cfg.data)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
-    if any(name == "critic" for name, _, _ in rewards):
+    if critic_needed(rewards):
         if cfg.critic.backend == "server":
             if not cfg.critic.url:
                 raise ValueError("critic.backend=server needs critic.url=http://<host>:<port> (see conf/critic/server.yaml).")

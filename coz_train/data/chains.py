@@ -100,17 +100,9 @@ def check_chain_config(data_cfg: Any) -> None:
 
 def backbone_config(data_cfg: Any) -> Any:
     """The backbone section: schema defaults <- conf/eval/backbone/<name>.yaml <- the non-null data.backbone keys."""
-    from coz_train.config import BackboneSection, config_dir
+    from coz_train.eval.backbones import backbone_section
 
-    name = data_cfg.upscaler
-    cfg = OmegaConf.structured(BackboneSection)
-    shipped = Path(config_dir()) / "eval" / "backbone" / f"{name}.yaml"
-    if shipped.is_file():
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(shipped))
-    overrides = {k: v for k, v in OmegaConf.to_container(data_cfg.backbone, resolve=True).items() if v is not None}
-    cfg = OmegaConf.merge(cfg, overrides)
-    cfg.name = name
-    return cfg
+    return backbone_section(data_cfg.upscaler, OmegaConf.to_container(data_cfg.backbone, resolve=True), "data.backbone")
 
 
 def sha256_file(path: Path) -> str:

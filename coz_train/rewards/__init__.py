@@ -1,14 +1,18 @@
 """Rewards for the CoZ prompt VLM, registered by name (see `registry`).
 
 `phrase_exclusion_reward` and `repetition_reward` are plain TRL reward functions; the critic
-reward is built from the `critic` config group.
+reward is built from the `critic` config group; `sr_quality` runs an SR backbone with each prompt
+and scores the image it makes (off by default).
 """
 
 from typing import Any
 
 from omegaconf import DictConfig
 
-from coz_train.rewards import critic  # noqa: E402,F401  (registers "critic")
+from coz_train.rewards import (
+    critic,  # noqa: E402,F401  (registers "critic")
+    sr_quality,  # noqa: E402,F401  (registers "sr_quality")
+)
 from coz_train.rewards.phrase import DEFAULT_PHRASES, phrase_exclusion_reward
 from coz_train.rewards.registry import active_rewards, build_rewards, named, register, registered
 from coz_train.rewards.repetition import repetition_reward
@@ -24,7 +28,12 @@ def _build_repetition(params: dict[str, Any], cfg: DictConfig):
     return named(repetition_reward, "repetition", n=int(params.get("n", 3)), max_penalty=float(params.get("max_penalty", -1.0)))
 
 
+def critic_needed(active: list[tuple[str, float, dict[str, Any]]]) -> bool:
+    """Whether an active reward (from `active_rewards`) loads the critic group's model."""
+    return any(name == "critic" or (name == "sr_quality" and params.get("critic_judge")) for name, _, params in active)
+
+
 __all__ = [
-    "DEFAULT_PHRASES", "active_rewards", "build_rewards", "phrase_exclusion_reward", "registered",
+    "DEFAULT_PHRASES", "active_rewards", "build_rewards", "critic_needed", "phrase_exclusion_reward", "registered",
     "repetition_reward",
 ]

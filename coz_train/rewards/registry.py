@@ -1,14 +1,19 @@
 """Rewards selected and weighted by name: `rewards.<name>.weight` plus the reward's own parameters.
 
 A reward is registered with the parameters it accepts, so a misspelt parameter or an unknown
-reward name stops the run at start-up, before any model loads. Builders return TRL reward
-functions: `f(prompts=..., completions=..., **columns) -> list[float | None]` with a `__name__`
-that TRL uses for its `rewards/<name>/mean` and `/std` logs.
+reward name stops the run at start-up, before any model loads; a reward may also register a
+`check(params, cfg)` that refuses bad values then (it runs for rewards with a non-zero weight).
+Builders return TRL reward functions: `f(prompts=..., completions=..., **columns) -> list[float | None]`
+with a `__name__` that TRL uses for its `rewards/<name>/mean` and `/std` logs.
+
+Rewards built by one `build_rewards` call share the models they load through `shared_model(key, load)`:
+the critic reward and the SR-quality reward's critic judge use one loaded critic, not two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,17 +27,42 @@ class RewardSpec:
     name: str
     params: frozenset[str]
     build: Callable[[dict[str, Any], DictConfig], RewardFunc]
+    check: Callable[[dict[str, Any], DictConfig | None], None] | None = None
 
 
 _REGISTRY: dict[str, RewardSpec] = {}
+_SHARED: list[dict[str, Any]] = []  # the models of the build_rewards call in progress
 
 
-def register(name: str, params: tuple[str, ...] = ()) -> Callable:
+def register(name: str, params: tuple[str, ...] = (),
+             check: Callable[[dict[str, Any], DictConfig | None], None] | None = None) -> Callable:
     def wrap(build: Callable[[dict[str, Any], DictConfig], RewardFunc]) -> Callable:
-        _REGISTRY[name] = RewardSpec(name, frozenset(params), build)
+        _REGISTRY[name] = RewardSpec(name, frozenset(params), build, check)
         return build
 
     return wrap
+
+
+@contextmanager
+def _sharing_models() -> Iterator[None]:
+    _SHARED.append({})
+    try:
+        yield
+    finally:
+        _SHARED.pop()
+
+
+def shared_model(key: str, load: Callable[[], Any]) -> Any:
+    """`load()` once per `build_rewards` call: every reward built by it that asks for `key` gets the same object.
+
+    Outside a `build_rewards` call (a reward built on its own) this is just `load()`.
+    """
+    if not _SHARED:
+        return load()
+    models = _SHARED[-1]
+    if key not in models:
+        models[key] = load()
+    return models[key]
 
 
 def registered() -> list[str]:
@@ -60,8 +90,11 @@ def named(func: Callable, name: str, **params: Any) -> NamedReward:
     return NamedReward(func, name, **params)
 
 
-def active_rewards(rewards_cfg: DictConfig) -> list[tuple[str, float, dict[str, Any]]]:
-    """Validate the rewards section; return (name, weight, params) of those with a non-zero weight."""
+def active_rewards(rewards_cfg: DictConfig, cfg: DictConfig | None = None) -> list[tuple[str, float, dict[str, Any]]]:
+    """Validate the rewards section; return (name, weight, params) of those with a non-zero weight.
+
+    `cfg`, the whole config, is handed to the rewards' own checks (those that compare with other sections).
+    """
     active = []
     for name, entry in rewards_cfg.items():
         if name not in _REGISTRY:
@@ -77,6 +110,8 @@ def active_rewards(rewards_cfg: DictConfig) -> list[tuple[str, float, dict[str, 
                 f"'{name}' accepts {sorted(_REGISTRY[name].params) or 'only weight'}."
             )
         if weight != 0.0:
+            if _REGISTRY[name].check is not None:
+                _REGISTRY[name].check(params, cfg)
             active.append((name, weight, params))
     if not active:
         raise ValueError("Every reward has weight 0: GRPO needs at least one reward (see conf/rewards/).")
@@ -85,7 +120,8 @@ def active_rewards(rewards_cfg: DictConfig) -> list[tuple[str, float, dict[str, 
 
 def build_rewards(cfg: DictConfig) -> tuple[list[RewardFunc], list[float]]:
     funcs, weights = [], []
-    for name, weight, params in active_rewards(cfg.rewards):
-        funcs.append(_REGISTRY[name].build(params, cfg))
-        weights.append(weight)
+    with _sharing_models():
+        for name, weight, params in active_rewards(cfg.rewards, cfg):
+            funcs.append(_REGISTRY[name].build(params, cfg))
+            weights.append(weight)
     return funcs, weights

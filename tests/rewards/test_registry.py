@@ -2,6 +2,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from coz_train.rewards import active_rewards, build_rewards, registered
+from coz_train.rewards.registry import _REGISTRY, named, register, shared_model
 
 
 def rewards(**entries):
@@ -39,3 +40,46 @@ def test_built_functions_carry_names_and_parameters(make_config):
     assert [f.__name__ for f in funcs] == ["phrase_exclusion", "repetition"]
     assert weights == [0.5, 0.5]
     assert funcs[1](prompts=None, completions=["a a"]) == [pytest.approx(-0.5)]
+
+
+def test_a_rewards_own_check_runs_for_active_rewards_only(make_config):
+    seen = []
+
+    def check(params, cfg):
+        seen.append((params, cfg is not None))
+        if params.get("level", 0) > 1:
+            raise ValueError("rewards.checked.level must be <= 1")
+
+    register("checked", params=("level",), check=check)(lambda params, cfg: None)
+    try:
+        active_rewards(rewards(checked={"weight": 0, "level": 5}, repetition={"weight": 1}))
+        assert seen == []
+        cfg = make_config()
+        active_rewards(rewards(checked={"weight": 1, "level": 1}), cfg)
+        assert seen == [({"level": 1}, True)]
+        with pytest.raises(ValueError, match="level must be <= 1"):
+            active_rewards(rewards(checked={"weight": 1, "level": 2}))
+    finally:
+        _REGISTRY.pop("checked")
+
+
+def test_rewards_of_one_build_share_the_models_they_load(make_config):
+    loads = []
+
+    def build(params, cfg):
+        model = shared_model("model", lambda: loads.append(1) or object())
+        return named(lambda prompts=None, completions=None, model=None, **kw: [0.0], "uses_model", model=model)
+
+    for name in ("first", "second"):
+        register(name)(build)
+    try:
+        cfg = make_config("+experiment=smoke", "rewards.critic.weight=0", "+rewards.first.weight=1",
+                          "+rewards.second.weight=1")
+        funcs, _ = build_rewards(cfg)
+        assert len(loads) == 1 and funcs[-1].params["model"] is funcs[-2].params["model"]
+        build_rewards(cfg)
+        assert len(loads) == 2  # a new build loads its own
+        assert shared_model("model", lambda: "alone") == "alone"  # outside a build: just the load
+    finally:
+        _REGISTRY.pop("first")
+        _REGISTRY.pop("second")

@@ -1,13 +1,16 @@
 """The SR backbone interface of the CoZ chain: a batch of LR images (+ prompts) -> 4x images.
 
-A backbone is registered by name (`@register_backbone("name")`) with a builder taking the
+A backbone is registered by name (`@register_backbone("name", uses_prompt=...)`) with a builder taking the
 `eval.backbone` config section and a torch device. `upscale` takes images of one size and
 returns images `scale` times larger, or `size` x `size` when `size` is given: the one-step
 baseline hands over a small crop and asks for the full output size, and each backbone brings the
 crop to its own input the way its method does (OSEDiff upsamples bicubically straight to the
 output size; a feed-forward 4x network gets the crop bicubic-resized to size / scale).
 `uses_prompt` says whether the text changes the output (prompt-agnostic backbones still receive
-the prompts, so a chain can run with any backbone).
+the prompts, so a chain can run with any backbone). The registration declares it as well, so a
+caller can ask before any weights load (`backbone_uses_prompt`; the SR-quality reward refuses a
+backbone that ignores prompts); a built backbone whose attribute disagrees with its registration
+is an error.
 """
 
 from __future__ import annotations
@@ -41,17 +44,33 @@ def fit_input(images: list[Image.Image], size: int | None, scale: int) -> list[I
 
 BackboneBuilder = Callable[[Any, torch.device], SRBackbone]
 _BACKBONES: dict[str, BackboneBuilder] = {}
+_USES_PROMPT: dict[str, bool] = {}
 
 
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+def register_backbone(name: str, *, uses_prompt: bool) -> Callable[[BackboneBuilder], BackboneBuilder]:
     def wrap(build: BackboneBuilder) -> BackboneBuilder:
         _BACKBONES[name] = build
+        _USES_PROMPT[name] = uses_prompt
         return build
 
     return wrap
 
 
-def build_backbone(name: str, cfg: Any, device: torch.device) -> SRBackbone:
+def _check_registered(name: str) -> None:
     if name not in _BACKBONES:
         raise KeyError(f"eval.backbone.name='{name}' is not a registered SR backbone: {sorted(_BACKBONES)}.")
-    return _BACKBONES[name](cfg, device)
+
+
+def registered_uses_prompt(name: str) -> bool:
+    """What the registration of `name` declares: does its text prompt change the output?"""
+    _check_registered(name)
+    return _USES_PROMPT[name]
+
+
+def build_backbone(name: str, cfg: Any, device: torch.device) -> SRBackbone:
+    _check_registered(name)
+    backbone = _BACKBONES[name](cfg, device)
+    if bool(backbone.uses_prompt) != _USES_PROMPT[name]:
+        raise TypeError(f"SR backbone '{name}' was registered with uses_prompt={_USES_PROMPT[name]}, but the built "
+                        f"{type(backbone).__name__} says uses_prompt={backbone.uses_prompt}: fix its registration.")
+    return backbone

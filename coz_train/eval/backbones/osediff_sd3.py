@@ -357,7 +357,7 @@ def _dtype(cfg: Any, key: str, default: str) -> torch.dtype:
     return DTYPES[value]
 
 
-@register_backbone("osediff_sd3")
+@register_backbone("osediff_sd3", uses_prompt=True)
 def build(cfg: Any, device: torch.device) -> OSEDiffSD3:
     return OSEDiffSD3(
         sd3=cfg.get("sd3", DEFAULT_SD3) or DEFAULT_SD3,

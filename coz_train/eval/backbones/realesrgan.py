@@ -371,7 +371,7 @@ def _int_option(cfg: Any, key: str, default: int) -> int:
     return default if value is None else int(value)
 
 
-@register_backbone("realesrgan_x4plus")
+@register_backbone("realesrgan_x4plus", uses_prompt=False)
 def build(cfg: Any, device: torch.device) -> RealESRGANx4plus:
     """From the `eval.backbone` section: `tile` (0), `tile_pad` (16), `pre_pad` (10); missing keys take the defaults."""
     return RealESRGANx4plus(

@@ -22,11 +22,11 @@ class Resampler:
                 for im in images]
 
 
-@register_backbone("bicubic")
+@register_backbone("bicubic", uses_prompt=False)
 def _bicubic(cfg: Any, device: torch.device) -> Resampler:
     return Resampler("bicubic", Image.BICUBIC)
 
 
-@register_backbone("nearest")
+@register_backbone("nearest", uses_prompt=False)
 def _nearest(cfg: Any, device: torch.device) -> Resampler:
     return Resampler("nearest", Image.NEAREST)

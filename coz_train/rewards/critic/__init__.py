@@ -62,10 +62,17 @@ from coz_train.rewards.critic.client import (
 from coz_train.rewards.critic.common import CriticScoringError, critic_device, instruction_text, parse_score
 from coz_train.rewards.critic.hf import HFCritic
 from coz_train.rewards.critic.internvl_remote import InternVLRemoteCritic
-from coz_train.rewards.critic.reward import BACKENDS, CriticReward, build_critic_reward, critic_prefix_wanted
+from coz_train.rewards.critic.reward import (
+    BACKENDS,
+    CriticReward,
+    build_critic_reward,
+    critic_prefix_wanted,
+    load_critic_backend,
+    with_instruction,
+)
 
 __all__ = [
     "BACKENDS", "CriticRequestError", "CriticReward", "CriticScoringError", "CriticUnavailableError", "HFCritic", "InternVLRemoteCritic",
     "ServerCritic", "build_critic_reward", "critic_device", "critic_prefix_wanted", "expected_score",
-    "instruction_text", "parse_score", "png_data_url",
+    "instruction_text", "load_critic_backend", "parse_score", "png_data_url", "with_instruction",
 ]

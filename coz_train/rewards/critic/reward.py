@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Any
 
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from coz_train.rewards.batches import in_batches
 from coz_train.rewards.critic.client import ServerCritic
 from coz_train.rewards.critic.common import BROKEN_LOAD_HINT, CriticScoringError, critic_device
 from coz_train.rewards.critic.hf import HFCritic
 from coz_train.rewards.critic.internvl_remote import InternVLRemoteCritic
-from coz_train.rewards.registry import register
+from coz_train.rewards.registry import register, shared_model
 from coz_train.rewards.text import completion_text
 
 log = logging.getLogger(__name__)
@@ -29,35 +30,20 @@ class CriticReward:
     def __init__(self, backend: Any, score_max: int, batch_size: int, name: str = "critic"):
         self.backend, self.score_max, self.batch_size, self.name = backend, score_max, batch_size, name
 
-    def _score_with_backoff(self, images: list, texts: list[str]) -> list[float | None]:
-        """Score in batches; on out-of-memory halve the batch and retry, down to one candidate."""
-        out: list[float | None] = []
-        batch, start = self.batch_size, 0
-        while start < len(texts):
-            try:
-                out += self.backend.score(images[start : start + batch], texts[start : start + batch])
-                start += batch
-            except torch.OutOfMemoryError:
-                if batch == 1:
-                    raise
-                batch = max(1, batch // 2)
-                torch.cuda.empty_cache()
-                log.warning("Critic out of memory: retrying with batch size %d (critic.batch_size=%d)", batch, self.batch_size)
-        return out
-
     def __call__(self, prompts: list | None = None, completions: list | None = None, images: list | None = None,
                  log_metric: Any = None, **kwargs: Any) -> list[float | None]:
         completions = completions or []
         if images is None or len(images) != len(completions):
             raise ValueError("The critic reward needs the samples' `images` column ([previous state, zoomed image]).")
         texts = [completion_text(c) for c in completions]
-        scores = self._score_with_backoff(list(images), texts)
+        images = list(images)
+        scores = in_batches(lambda a, b: self.backend.score(images[a:b], texts[a:b]), len(texts), self.batch_size,
+                            "Critic", "critic.batch_size")
         self._check(scores)
         rewards = [None if s is None else s / self.score_max for s in scores]
         if log_metric is not None and rewards:
             log_metric("critic/unparsable", sum(r is None for r in rewards) / len(rewards))
         return rewards
-
 
     def _check(self, scores: list[float | None]) -> None:
         """A batch with a NaN score, or with no score at all, is an error (see `CriticScoringError`)."""
@@ -86,8 +72,8 @@ def critic_prefix_wanted(cfg: DictConfig) -> bool:
     return wanted
 
 
-@register("critic")
-def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward:
+def load_critic_backend(cfg: DictConfig) -> Any:
+    """The critic of the `critic` group, loaded frozen on critic.device (or a client of critic.url)."""
     critic = cfg.critic
     if critic.backend not in BACKENDS:
         raise ValueError(f"critic.backend='{critic.backend}' is not one of {sorted(BACKENDS)}.")
@@ -97,13 +83,30 @@ def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward
     if critic.backend == "server":
         backend = ServerCritic(critic)
         log.info("Critic %s at %s (%s scoring)", backend.model_name, backend.url, critic.scoring)
-    else:
-        extra = {"shared_prefix": True} if shared_prefix else {}
-        backend = BACKENDS[critic.backend](critic, critic_device(critic.device), **extra)
-        if critic.backend == "hf" and cfg.get("perf") is not None and cfg.perf.get("image_cache", False):
-            from coz_train.perf.image_cache import install_image_cache
+        return backend
+    extra = {"shared_prefix": True} if shared_prefix else {}
+    backend = BACKENDS[critic.backend](critic, critic_device(critic.device), **extra)
+    if critic.backend == "hf" and cfg.get("perf") is not None and cfg.perf.get("image_cache", False):
+        from coz_train.perf.image_cache import install_image_cache
 
-            install_image_cache(backend.processor)
-        log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
-                 ", shared prefix" if shared_prefix else "")
-    return CriticReward(backend, critic.score_max, critic.batch_size, name=critic.name_or_path)
+        install_image_cache(backend.processor)
+    log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
+             ", shared prefix" if shared_prefix else "")
+    return backend
+
+
+def with_instruction(backend: Any, instruction: str) -> Any:
+    """The same loaded critic (model, processor or server connections shared) asking `instruction` instead.
+
+    Every backend formats its question from `self.cfg` (`common.instruction_text`), so a shallow copy with
+    another cfg asks another question of the same weights.
+    """
+    judged = copy.copy(backend)
+    judged.cfg = OmegaConf.merge(backend.cfg, {"instruction": instruction})
+    return judged
+
+
+@register("critic")
+def build_critic_reward(params: dict[str, Any], cfg: DictConfig) -> CriticReward:
+    backend = shared_model("critic", lambda: load_critic_backend(cfg))  # one critic for every reward that judges
+    return CriticReward(backend, cfg.critic.score_max, cfg.critic.batch_size, name=cfg.critic.name_or_path)
