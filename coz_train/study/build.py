@@ -133,7 +133,7 @@ def build(runs: list[str], cfg: DictConfig) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        media = MediaWriter(partial, salt=f"{study.name}:{study.seed}", mode=study.media)
+        media = MediaWriter(partial, salt=f"coz_train.study:{study.seed}", mode=study.media)
         stimuli = build_stimuli(runset, study, media)
         store = Store(partial / "study.sqlite", create=True)
         admin = secrets.token_urlsafe(18)
