@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from coz_train.__main__ import raised_by_coz_train  # here: it loads the training schema (TRL)
+        from coz_train.errors import raised_by_coz_train
 
         if os.environ.get("HYDRA_FULL_ERROR") or not (
                 raised_by_coz_train(err) or isinstance(err, (HydraException, OmegaConfBaseException))):
