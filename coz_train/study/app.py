@@ -101,16 +101,18 @@ class StudyApp:
 
     # --- pages
     async def page(self, name: str) -> HTMLResponse:
-        html = (HERE / "templates" / name).read_text().replace("{{title}}", _escape(self.texts["title"]))
-        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        """templates/page.html around templates/<name>.html, with static/<name>.js."""
+        body = (HERE / "templates" / f"{name}.html").read_text()
+        html = (HERE / "templates" / "page.html").read_text().replace("{{body}}", body).replace("{{page}}", name)
+        return HTMLResponse(html.replace("{{title}}", _escape(self.texts["title"])), headers={"Cache-Control": "no-store"})
 
     async def rate_page(self, request: Request) -> Response:
         await run_in_threadpool(self.rater, request.path_params["token"])
-        return await self.page("rate.html")
+        return await self.page("rate")
 
     async def admin_page(self, request: Request) -> Response:
         await run_in_threadpool(self.admin, request.path_params["token"])
-        return await self.page("admin.html")
+        return await self.page("admin")
 
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
