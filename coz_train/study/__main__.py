@@ -72,8 +72,8 @@ def wandb_run(cfg: DictConfig, out: Path, manifest: dict, results, log_to_wandb)
     import wandb
 
     name = cfg.logging.run_name or f"{cfg.experiment_name}-{manifest['name']}"
-    run = wandb.init(project=cfg.logging.project, name=name, dir=str(out), job_type="study",
-                     config={**OmegaConf.to_container(cfg, resolve=True), "manifest_study": manifest["config"]})
+    settings = {"analyze": OmegaConf.to_container(cfg.analyze), "study": manifest["config"]["study"]}  # as built
+    run = wandb.init(project=cfg.logging.project, name=name, dir=str(out), job_type="study", config=settings)
     log_to_wandb(results, run)
     run.finish()
 

@@ -6,7 +6,8 @@ anyone's list):
   rater r starting at r*m: every item is seen about equally often across raters;
 - test blocks in a drawn order (`study.shuffle_tests`), each preceded by that test's instructions, tasks
   shuffled within a block;
-- pair mode: the two conditions' sides drawn per task (`condition_left` / `condition_right`);
+- pair mode: the two conditions' sides drawn per task (`condition_left` / `condition_right`); in a pair
+  control, `condition` names the degraded side;
 - `study.checks.repeats` tasks of each block shown again at least `min_gap` tasks later (sides swapped),
   `check="repeat"` with `repeat_of` the first showing's task id; `study.checks.controls` controls
   (`check="control"`, see `coz_train.study.stimuli`) at random places.
@@ -19,7 +20,7 @@ import random
 
 from omegaconf import DictConfig
 
-from coz_train.study.stimuli import Stimulus, StimulusSet
+from coz_train.study.stimuli import CONTROL_PREFIX, Stimulus, StimulusSet
 
 
 def rater_items(items: list[dict], study: DictConfig, index: int) -> list[dict]:
@@ -45,6 +46,8 @@ def _entry(stimulus: Stimulus, rng: random.Random, swap: bool | None = None) -> 
     if rng.random() < 0.5 if swap is None else swap:
         left, right, panels = right, left, panels[::-1]
     entry.update(condition_left=left, condition_right=right, panels=panels)
+    if stimulus.check == "control":  # a pair control's `condition` names its degraded side
+        entry["condition"] = next(c for c in stimulus.conditions if c.startswith(CONTROL_PREFIX))
     return entry
 
 

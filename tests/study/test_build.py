@@ -99,7 +99,9 @@ def test_pair_mode_draws_the_sides_per_rater(make_study):
                 assert (t["condition_left"], t["condition_right"]) == (first["condition_right"], first["condition_left"])
                 assert t["panels"] == first["panels"][::-1]
             if t["check"] == "control":
-                assert "control:nearest" in (t["condition_left"], t["condition_right"])
+                assert t["condition"] == "control:nearest" in (t["condition_left"], t["condition_right"])
+            else:
+                assert t["condition"] == ""
 
 
 def test_items_per_rater_spreads_the_items_evenly(make_study):
