@@ -30,16 +30,19 @@ def intended(rater: str, task: str, kind: str, salt: int = 0) -> int | str:
 class Rater:
     """One rater's browser window on the study."""
 
-    def __init__(self, browser, url: str, name: str, kinds: dict[str, str]):
+    def __init__(self, browser, url: str, name: str, kinds: dict[str, str], context=None):
         self.browser, self.url, self.name, self.kinds = browser, url, name, kinds
         self.given: dict[str, int | str] = {}
-        self.open()
+        self.open(context)
 
-    def open(self) -> None:
-        self.context = self.browser.new_context(viewport={"width": 1280, "height": 860})
+    def open(self, context=None) -> None:
+        """A new browser window (its own context), or a new tab of `context`."""
+        self.context = context or self.browser.new_context(viewport={"width": 1280, "height": 860})
         self.page = self.context.new_page()
         self.page.goto(self.url)
         self.page.locator("body[data-ready='1']").wait_for(timeout=20_000)
+        if self.page.locator("#task").is_visible():
+            self.page.locator("#task[data-armed='1']").wait_for(timeout=20_000)
 
     def close(self) -> None:
         self.context.close()
@@ -57,13 +60,15 @@ class Rater:
     def _after(self, before: str) -> None:
         self.page.locator(f"#task:not([hidden]):not([data-task='{before}']), #intro:not([hidden]), "
                           "#done:not([hidden])").first.wait_for(timeout=20_000)
+        if self.page.locator("#task").is_visible():  # a new task takes input after a short pause
+            self.page.locator("#task[data-armed='1']").wait_for(timeout=20_000)
 
     def start(self, keys: bool) -> None:
         if keys:
             self.page.keyboard.press("Enter")
         else:
             self.page.click("#start")
-        self.page.locator("#task:not([hidden])").wait_for(timeout=20_000)
+        self.page.locator("#task[data-armed='1']:not([hidden])").wait_for(timeout=20_000)
 
     def answer(self, keys: bool, value: int | str | None = None) -> None:
         task = self.task()
@@ -188,3 +193,33 @@ def test_a_pair_study_with_arrow_keys_and_buttons(chromium, make_study, live_ser
     assert stored(study) == {("r01", t): v for t, v in rater.given.items()}
     assert set(rater.given.values()) == {"left", "right", "unsure"}
     rater.close()
+
+
+def test_two_tabs_and_a_double_click_answer_each_task_once(chromium, make_study, live_server):
+    study = make_study("study.tests=[image]", "study.scales=[4]", "study.raters=1")
+    server = live_server(study)
+    url = f"{server.url}/r/{invitations(study)['r01']}"
+    kinds = kinds_of(study, "r01")
+    first = Rater(chromium, url, "r01", kinds)
+    second = Rater(chromium, url, "r01", kinds, context=first.context)  # a second tab of the same window
+    for tab in (first, second):
+        tab.start(keys=True)
+    assert first.task() == second.task() == "t0001"
+    first.answer(keys=True, value=2)
+    second.answer(keys=False, value=5)  # the stale tab answers the same task again: replaced, not added
+    assert stored(study) == {("r01", "t0001"): 5} and first.task() == second.task() == "t0002"
+    # a double click answers the task clicked, not also the one that replaces it
+    second.page.dblclick("#choices button[data-score='3']")
+    second.page.locator("#task[data-task='t0003'][data-armed='1']").wait_for(timeout=20_000)
+    assert stored(study) == {("r01", "t0001"): 5, ("r01", "t0002"): 3}
+    second.page.keyboard.down("4")  # a held key: one answer; its auto-repeats are ignored
+    second.page.locator("#task[data-task='t0004'][data-armed='1']").wait_for(timeout=20_000)
+    second.page.keyboard.down("4")  # a second keydown without a keyup: repeat=true
+    second.page.wait_for_timeout(300)
+    second.page.keyboard.up("4")
+    assert stored(study)[("r01", "t0003")] == 4 and ("r01", "t0004") not in stored(study)
+    db = sqlite3.connect(study / "study.sqlite")
+    assert db.execute("SELECT task, changes FROM answers ORDER BY task").fetchall() == [
+        ("t0001", 1), ("t0002", 0), ("t0003", 0)]
+    db.close()
+    first.close()  # the window, with both tabs

@@ -12,7 +12,11 @@ let current = 0;         // index of the task on screen
 let shownAt = 0;         // when it was shown (seconds on task)
 let busy = false;        // an answer is on its way: keys and buttons wait
 let introFor = null;     // the test whose instructions are on screen
+let armedTimer = null;
 const introSeen = new Set();
+// A new task takes input only after this pause: the second click of a double click (or a held key)
+// must not answer the task that replaced the one clicked.
+const ARM_MS = 200;
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
@@ -148,6 +152,9 @@ function render() {
   choiceButtons(task);
   $("back").disabled = current === 0;
   $("task").dataset.task = task.task;
+  $("task").dataset.armed = "0";
+  clearTimeout(armedTimer);
+  armedTimer = setTimeout(() => { $("task").dataset.armed = "1"; }, ARM_MS);
   show("task");
   shownAt = performance.now();
   preload(current + 1);
@@ -173,7 +180,7 @@ async function post(body) {
 }
 
 async function submit(value) {
-  if (busy || current >= S.tasks.length) return;
+  if (busy || current >= S.tasks.length || $("task").dataset.armed !== "1") return;
   const task = S.tasks[current];
   busy = true;
   document.body.classList.add("busy");
@@ -215,7 +222,7 @@ function start() {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (event.altKey || event.ctrlKey || event.metaKey || !S) return;
+  if (event.altKey || event.ctrlKey || event.metaKey || event.repeat || !S) return;
   if (!$("intro").hidden) {
     if (event.key === "Enter") { event.preventDefault(); start(); }
     return;
