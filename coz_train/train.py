@@ -148,8 +148,12 @@ def attach_lora(policy_cfg: DictConfig, model: Any) -> tuple[Any, Any]:
     return model, None
 
 
-def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
-    """Everything up to `trainer.train()`: returns the GRPOTrainer and the checkpoint to resume from."""
+_FIND: Any = object()  # build_trainer looks the checkpoint up itself
+
+
+def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str | None]:
+    """Everything up to `trainer.train()`: returns the GRPOTrainer (with the `perf` fast path installed) and the
+    checkpoint to resume from (`resume`, when the caller has looked it up already)."""
     from transformers import set_seed
 
     if cfg.cpu_threads:
@@ -180,7 +184,8 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
     # critic must stay whole: the config the trainer uses is built again after the models have loaded.
     grpo_args(cfg, [weight for _, weight, _ in rewards], report_to)
     unset_hf_deepspeed_config()
-    resume = resume_checkpoint(cfg)
+    if resume is _FIND:
+        resume = resume_checkpoint(cfg)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed, cfg.policy)
     processor = load_processor(policy_path, cfg.policy)
@@ -194,11 +199,11 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
 
     from transformers.trainer_callback import ProgressCallback
 
+    from coz_train.perf.fast_path import FastPath
     from coz_train.trainer import CozGRPOTrainer
 
     samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
     trainer = CozGRPOTrainer(
-        perf=cfg.perf,
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -207,6 +212,7 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, str | None]:
         peft_config=peft_config,
         callbacks=[samples, CompleteMarkerCallback(), PreemptionCallback(), UpdateGuardCallback(guard)],
     )
+    trainer.install_fast_path(FastPath(cfg.perf))
     samples.trainer = trainer
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(RewardProgressCallback())
@@ -227,8 +233,9 @@ def train(cfg: DictConfig) -> Path:
     finished = resume_checkpoint(cfg)
     if finished and checkpoint_step(finished) >= cfg.grpo.max_steps:
         return finish_from_checkpoint(Path(finished), Path(cfg.output_dir))
-    trainer, resume = build_trainer(cfg)
+    trainer, resume = build_trainer(cfg, finished)
     trainer.train(resume_from_checkpoint=resume)
+    trainer.remove_fast_path()
     run_dir = Path(cfg.output_dir)
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PreemptionCallback))
     if preemption.preempted:

@@ -1,19 +1,9 @@
-"""TRL's GRPOTrainer with the `perf.*` switches (docs/performance.md); all off = TRL's own path.
+"""TRL's GRPOTrainer with the `perf` fast path and adapters in the official Chain-of-Zoom layout.
 
-- `image_cache`: the processor resizes and patchifies each distinct image once
-  (`coz_train.perf.image_cache`); TRL preprocesses every expanded prompt twice per step.
-- `vision_cache`: the policy's frozen vision tower encodes each distinct image once, for rollouts,
-  old/reference log-probs and training alike (`coz_train.perf.vision_cache`).
-- `group_prefix`: log-prob passes (old, reference, training) run each group's prompt once and only
-  the completions per row (`coz_train.perf.group_prefix`).
-- `group_batches`: the generation batch is split into micro-batches of whole groups (TRL shuffles
-  rows; `coz_train.perf.group_batches`).
-- `merge_adapters_for_generation`: rollouts run with the LoRA merged into the base weights, restored
-  bit for bit afterwards (`coz_train.perf.merge`).
-- `rollout_prefix`: rollouts prefill each distinct prompt once and start the G rows from its
-  repeated KV cache (`coz_train.perf.rollout_prefix`).
-- `compiled_decode`: rollouts generate with a static KV cache and compiled decode steps
-  (`coz_train.perf.compiled_decode`); TRL's own generation config disables compilation.
+The `perf.*` switches (docs/performance.md) are one `coz_train.perf.fast_path.FastPath`, installed with
+`trainer.install_fast_path(FastPath(cfg.perf))` (it logs each attribute it replaces) and taken off with
+`trainer.remove_fast_path()`; without one, or with every switch off, the trainer runs TRL's own path. The
+TRL methods overridden here only ask the installed fast path whether a per-call switch is on.
 
 Every adapter the trainer writes (`checkpoint-N/`, the final `adapter/`) is rewritten into the layout
 the official Chain-of-Zoom inference loads, and resuming loads it back in full
@@ -31,13 +21,10 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
-from coz_train.perf.compiled_decode import compiled_generation_config
-from coz_train.perf.group_batches import groups_shuffled_in
-from coz_train.perf.group_prefix import KWARG, install_group_prefix
-from coz_train.perf.image_cache import install_image_cache
-from coz_train.perf.merge import kept_base_weights, merged_adapters
-from coz_train.perf.rollout_prefix import install_rollout_prefix
-from coz_train.perf.vision_cache import install_vision_cache
+from coz_train.perf.fast_path import FastPath
+from coz_train.perf.group_prefix import KWARG
+from coz_train.perf.merge import kept_base_weights
+from coz_train.perf.replacement import Replacement
 from coz_train.policy.adapters import load_adapter_weights, make_portable
 
 log = logging.getLogger(__name__)
@@ -50,50 +37,28 @@ _TRL_IMAGE_FREE_KWARGS = ("pixel_attention_mask", "spatial_shapes", "num_tiles",
 
 
 class CozGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, perf: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.perf = perf
-        self.vision_caches: list = []
-        self.image_cache = None
-        self.rollout_prefix = None
+        self.fast_path: FastPath | None = None
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         if self.use_vllm and not zero3:
             self._keep_base_weights_in_vllm_sync()
-        if perf is None:
-            return
-        models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
-        self.image_cache = install_image_cache(self.processing_class) if perf.image_cache else None
-        if perf.vision_cache and zero3:
-            raise ValueError("perf.vision_cache does not work with ZeRO-3: a rank whose images are all cached would "
-                             "skip the vision tower's parameter gathers the other ranks wait for. Set "
-                             "perf.vision_cache=false or use ZeRO-2.")
-        if perf.vision_cache:
-            self.vision_caches = [install_vision_cache(m, perf.vision_cache_images) for m in models]
-        if perf.group_prefix:
-            for m in models:
-                install_group_prefix(m)
-        if perf.rollout_prefix:
-            self.rollout_prefix = install_rollout_prefix(self.model)
-        if perf.merge_adapters_for_generation:
-            from peft import PeftModel
 
-            if not isinstance(self.model, PeftModel):
-                raise ValueError("perf.merge_adapters_for_generation=true needs a LoRA policy (PEFT).")
-            if zero3:
-                raise ValueError("perf.merge_adapters_for_generation does not work with ZeRO-3 (sharded weights); "
-                                 "set it to false or use ZeRO-2.")
-        if perf.compiled_decode and not self.use_vllm:
-            if zero3:
-                raise ValueError("perf.compiled_decode does not work with ZeRO-3 (the decode step would be compiled "
-                                 "around DeepSpeed's parameter gathers); set it to false or use ZeRO-2.")
-            self.generation_config = compiled_generation_config(self.generation_config)
-        if perf.group_batches:
-            import trl.trainer.grpo_trainer as trl_grpo
+    def install_fast_path(self, fast_path: FastPath) -> FastPath:
+        """Make the fast path's changes to this trainer's models and processor (logged); returns it."""
+        if self.fast_path is not None:
+            raise RuntimeError("a fast path is installed already: remove_fast_path() first")
+        self.fast_path = fast_path.install(self)
+        return fast_path
 
-            if not hasattr(trl_grpo, "shuffle_sequence_dict"):
-                raise RuntimeError("perf.group_batches: this TRL version has no shuffle_sequence_dict to replace; "
-                                   "set perf.group_batches=false.")
-        log.info("perf: %s", {k: v for k, v in dict(perf).items() if v})
+    def remove_fast_path(self) -> None:
+        """Every attribute the fast path replaced back as it was; TRL's own path from here on."""
+        if self.fast_path is not None:
+            self.fast_path.remove()
+            self.fast_path = None
+
+    def _on(self, switch: str) -> bool:
+        return self.fast_path is not None and self.fast_path.on(switch)
 
     def _keep_base_weights_in_vllm_sync(self) -> None:
         """TRL's vLLM weight sync merges the LoRA into the live policy and unmerges it, which drifts bf16
@@ -109,7 +74,7 @@ class CozGRPOTrainer(GRPOTrainer):
             with kept_base_weights(self.accelerator.unwrap_model(model)):
                 return sync(*args, **kwargs)
 
-        generation.sync_weights = guarded_sync
+        Replacement(generation, "sync_weights", guarded_sync, "base weights kept bit for bit").apply()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -130,17 +95,15 @@ class CozGRPOTrainer(GRPOTrainer):
             load_adapter_weights(unwrapped, path, name, key=f"resume ({folder})")
 
     def _prepare_inputs(self, generation_batch: Any) -> Any:
-        if self.perf is None or not self.perf.group_batches:
+        if not self._on("group_batches"):
             return super()._prepare_inputs(generation_batch)
-        import trl.trainer.grpo_trainer as trl_grpo
-
-        with groups_shuffled_in(trl_grpo):
+        with self.fast_path.preparing_inputs():
             return super()._prepare_inputs(generation_batch)
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
-        if self.perf is None or not self.perf.merge_adapters_for_generation or self.use_vllm:
+        if not self._on("merge_adapters_for_generation") or self.use_vllm:
             return super()._generate_single_turn(*args, **kwargs)
-        with torch.no_grad(), merged_adapters(self.accelerator.unwrap_model(self.model)):
+        with torch.no_grad(), self.fast_path.generating(self.accelerator.unwrap_model(self.model)):
             return super()._generate_single_turn(*args, **kwargs)
 
     def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -149,7 +112,7 @@ class CozGRPOTrainer(GRPOTrainer):
                                            pixel_values: torch.Tensor | None = None,
                                            image_grid_thw: torch.Tensor | None = None,
                                            num_images: list[int] | None = None, **kwargs: Any) -> Any:
-        plain = (self.perf is None or not self.perf.group_prefix or compute_aux_loss
+        plain = (not self._on("group_prefix") or compute_aux_loss
                  or any(kwargs.get(k) is not None for k in _TRL_IMAGE_FREE_KWARGS)
                  or (pixel_values is not None and image_grid_thw is None))
         if plain:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import traceback
@@ -12,12 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.bench import phases as ph
+from coz_train.bench.phases import PHASES
 from coz_train.bench.report import step_summary, table, write
 from coz_train.bench.workload import SIZES, build_model, grpo_batch, processor_for, shape_of
 
 log = logging.getLogger(__name__)
-
-PHASES = ("preprocess", "vision", "rollout", "critic", "logps", "train")
 
 
 def device_and_dtype(bench: DictConfig) -> tuple[torch.device, torch.dtype]:
@@ -80,12 +80,12 @@ def run_bench(cfg: DictConfig) -> dict:
     if "critic" in wanted:
         run_phase(result, "critic", lambda: ph.critic_phase(cfg, spec["critic"], processor, batch, dev, shape,
                                                             scoring=bench.critic_scoring, check=bench.check), out, dev)
-    for name in [p for p in wanted if p not in ("preprocess", "critic")]:
+    for name in [p for p in wanted if p in ph.POLICY_PHASES]:
         if runner is None:
             policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
-            runner = ph.Bench(dev, shape, processor, batch, policy, static_cache=bench.static_cache, check=bench.check,
-                              compiled_decode=bench.compiled_decode)
-        run_phase(result, name, getattr(runner, name), out, dev)
+            runner = ph.PolicyBench(dev, shape, processor, batch, policy, static_cache=bench.static_cache,
+                                    check=bench.check, compiled_decode=bench.compiled_decode)
+        run_phase(result, name, functools.partial(ph.POLICY_PHASES[name], runner), out, dev)
     result["step"] = step_summary(result["phases"], bench.size)
     write(result, out)
     print(table(result), flush=True)

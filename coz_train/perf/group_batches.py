@@ -9,8 +9,6 @@ next rollouts' sampling included) is unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -54,15 +52,3 @@ def group_shuffle(seq_dict: dict[str, Any]) -> dict[str, Any]:
         return [value[i] for i in index.tolist()]
 
     return {key: permute(value) for key, value in seq_dict.items()}
-
-
-@contextmanager
-def groups_shuffled_in(trl_module: Any) -> Iterator[None]:
-    """TRL's row shuffle (`shuffle_sequence_dict` of its GRPO trainer module) replaced by `group_shuffle` for the
-    duration of one `_prepare_inputs` call, and put back afterwards."""
-    original = trl_module.shuffle_sequence_dict
-    trl_module.shuffle_sequence_dict = group_shuffle
-    try:
-        yield
-    finally:
-        trl_module.shuffle_sequence_dict = original

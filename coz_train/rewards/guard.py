@@ -19,6 +19,7 @@ the gradients: there the check is left to DeepSpeed's own overflow handling).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import threading
@@ -56,14 +57,26 @@ class RewardDeadlineError(TimeoutError):
     pass
 
 
+_ABANDONED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("reward_call_abandoned",
+                                                                                     default=None)
+
+
+def abandoned() -> threading.Event | None:
+    """Inside a reward call made by `call_within`: the event set once the caller has given up on it (a client
+    retrying on that thread stops then); None elsewhere."""
+    return _ABANDONED.get()
+
+
 def call_within(func: Callable[[], list], seconds: float) -> list:
-    """func() on a daemon thread, its result if it finishes within `seconds`, else RewardDeadlineError (the thread
-    is abandoned: a hung critic request cannot be interrupted, but the run no longer waits for it)."""
+    """func() on a daemon thread, its result if it finishes within `seconds`, else RewardDeadlineError. The thread
+    is abandoned then (a hung request cannot be interrupted, but the run no longer waits for it) and told so through
+    `abandoned()`, so that it makes no further attempts."""
     outcome: dict[str, Any] = {}
-    done = threading.Event()
+    done, given_up = threading.Event(), threading.Event()
     grad = torch.is_grad_enabled()
 
     def run() -> None:
+        _ABANDONED.set(given_up)
         try:
             with torch.set_grad_enabled(grad):
                 outcome["value"] = func()
@@ -74,6 +87,7 @@ def call_within(func: Callable[[], list], seconds: float) -> list:
 
     threading.Thread(target=run, daemon=True, name="reward-call").start()
     if not done.wait(seconds):
+        given_up.set()
         raise RewardDeadlineError(f"no answer within {seconds:.1f} s")
     if "error" in outcome:
         raise outcome["error"]

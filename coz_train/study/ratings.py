@@ -5,7 +5,8 @@ A rating is either an absolute-category score (`kind="mos"`: one condition, `sco
 `choice` "left", "right" or "unsure"). `test` is "image" (quality of the zoomed result) or "text" (how well
 the prompt describes the zoomed content). `check` marks the hidden screening items: "" for an ordinary
 item, "repeat" for the second showing of an item the rater saw before (`repeat_of` names the first
-showing's `task`), "control" for a clearly degraded control (e.g. `nearest` at 256x).
+showing's `task`), "control" for a clearly degraded control (e.g. `nearest` at 256x). A pairwise control
+names its degraded side's condition in `condition` (the analysis skips pairwise controls without it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Rating:
     kind: str             # "mos" | "pair"
     item: str             # the (image, scale) item, e.g. "0003@16x"
     scale: int            # zoom factor of the item (4, 16, 64, 256)
-    condition: str = ""   # mos: the rated condition
+    condition: str = ""   # mos: the rated condition; pair with check "control": the degraded side's condition
     score: int | None = None            # mos: 1..5
     condition_left: str = ""            # pair: the condition shown on the left
     condition_right: str = ""           # pair: the condition shown on the right

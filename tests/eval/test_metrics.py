@@ -1,18 +1,20 @@
-"""Quality metrics: PSNR/SSIM against hand computations, finite no-reference scores on a photograph,
+"""Quality metrics: PSNR/SSIM against hand computations on photographs, finite no-reference scores,
 and metrics without weights reported with a reason instead of a number."""
 
+import hashlib
 import importlib.util
+import io
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
 from skimage import data
-from skimage.metrics import structural_similarity
 
-from coz_train.eval.metrics import METRIC_NAMES, Metric, build_metrics, luma, psnr, ssim, to_tensor
+from coz_train.eval.metrics import METRIC_NAMES, Metric, MetricUnavailable, build_metrics, psnr, ssim
 
 CPU = torch.device("cpu")
 
@@ -47,14 +49,57 @@ def test_psnr_uses_the_y_channel(astronaut):
     assert psnr(Image.fromarray(noisy), astronaut) == pytest.approx(expected, abs=1e-6)
 
 
-def test_ssim_is_one_for_identical_images_and_matches_skimage(astronaut):
-    assert ssim(astronaut, astronaut) == pytest.approx(1.0, abs=1e-12)
-    blurred = astronaut.filter(ImageFilter.GaussianBlur(1.5))
-    y, y_blurred = (luma(to_tensor(im, torch.float64))[0, 0].numpy() for im in (astronaut, blurred))
-    expected = structural_similarity(y, y_blurred, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                     data_range=1.0)
-    assert ssim(blurred, astronaut) == pytest.approx(expected, abs=1e-9)
-    assert ssim(blurred, astronaut) < 0.95
+def _bt601_y(image: Image.Image) -> np.ndarray:
+    """BT.601 luma in [16/255, 235/255], written out (not scikit-image's rgb2ycbcr)."""
+    return (np.asarray(image, dtype=np.float64) / 255.0) @ np.array([65.481, 128.553, 24.966]) / 255 + 16 / 255
+
+
+def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. (2004) by hand: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data range 1, mean
+    over the window positions inside the image; separable sums over sliding windows, no scipy filter."""
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    g /= g.sum()
+
+    def window_mean(a: np.ndarray) -> np.ndarray:
+        rows = np.lib.stride_tricks.sliding_window_view(a, 11, axis=0) @ g
+        return np.lib.stride_tricks.sliding_window_view(rows, 11, axis=1) @ g
+
+    mu_x, mu_y = window_mean(x), window_mean(y)
+    var_x, var_y = window_mean(x * x) - mu_x**2, window_mean(y * y) - mu_y**2
+    cov = window_mean(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    return float(np.mean((2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))))
+
+
+def _degraded(image: Image.Image, seed: int) -> dict[str, Image.Image]:
+    jpeg = io.BytesIO()
+    image.save(jpeg, "JPEG", quality=20)
+    noise = np.random.default_rng(seed).normal(0, 10, (image.height, image.width, 3))
+    w, h = image.size
+    return {
+        "blur": image.filter(ImageFilter.GaussianBlur(2)),
+        "bicubic x4": image.resize((w // 4, h // 4), Image.BICUBIC).resize((w, h), Image.BICUBIC),
+        "noise": Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8)),
+        "jpeg q20": Image.open(jpeg).convert("RGB"),
+    }
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_psnr_and_ssim_match_hand_written_references_on_photographs(name):
+    reference = Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+    assert ssim(reference, reference) == pytest.approx(1.0, abs=1e-12)
+    y_ref = _bt601_y(reference)
+    for how, image in _degraded(reference, seed=0).items():
+        y = _bt601_y(image)
+        assert psnr(image, reference) == pytest.approx(10 * math.log10(1 / np.mean((y - y_ref) ** 2)), abs=1e-9), how
+        assert ssim(image, reference) == pytest.approx(_reference_ssim(y, y_ref), abs=1e-9), how
+        assert ssim(image, reference) < 0.95, how
+
+
+def test_ssim_needs_an_image_the_size_of_its_window():
+    small = Image.new("RGB", (10, 32), (90, 90, 90))
+    with pytest.raises(ValueError, match="11x11"):
+        ssim(small, small)
 
 
 def test_full_reference_metrics_need_a_reference_of_the_same_size(astronaut):
@@ -91,9 +136,10 @@ def test_a_score_undefined_for_a_flat_image_is_nan_not_a_crash():
     assert math.isnan(metrics["niqe"](Image.new("RGB", (128, 128), (90, 90, 90))))
 
 
-def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    try:  # an empty weights cache, so a developer's downloaded weights do not make the test pass
+@pytest.fixture
+def empty_weight_caches(monkeypatch, tmp_path) -> Path:
+    """Empty pyiqa, Hugging Face and torch hub caches, so a developer's downloaded weights do not make a test pass."""
+    try:
         import pyiqa.utils.download_util
 
         monkeypatch.setattr(pyiqa.utils.download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
@@ -102,14 +148,88 @@ def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, tmp_
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
+    return tmp_path
+
+
+def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, empty_weight_caches):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    built = []
+    if importlib.util.find_spec("pyiqa"):
+        import pyiqa
+
+        def create_metric(*args: object, **kwargs: object) -> None:
+            built.append(args)
+            raise AssertionError("pyiqa.create_metric was called")
+
+        monkeypatch.setattr(pyiqa, "create_metric", create_metric)
     start = time.monotonic()
     metrics, unavailable = build_metrics(["musiq", "maniqa", "clipiqa", "psnr"], CPU)
     assert time.monotonic() - start < 20
     assert list(metrics) == ["psnr"]
     assert set(unavailable) == {"musiq", "maniqa", "clipiqa"}
     assert all(reason.strip() for reason in unavailable.values())
-    expected = "offline" if importlib.util.find_spec("pyiqa") else "needs pyiqa"
-    assert expected in unavailable["musiq"], unavailable["musiq"]
+    if not importlib.util.find_spec("pyiqa"):
+        assert "needs pyiqa" in unavailable["musiq"], unavailable["musiq"]
+        return
+    assert built == []  # decided from the cached files, before pyiqa builds anything
+    caches = empty_weight_caches
+    for name, where in [("musiq", caches / "pyiqa"), ("maniqa", caches / "hf"), ("maniqa", caches / "pyiqa"),
+                        ("clipiqa", caches / "torch_hub" / "clip")]:
+        reason = unavailable[name]
+        if name != "musiq" and reason.startswith("needs"):
+            continue  # timm or openai-clip is not installed
+        assert "offline" in reason and str(where) in reason and f"--fetch-weights {name}`" in reason, reason
+
+
+def test_a_cached_weight_file_is_the_one_pyiqa_loads(monkeypatch, empty_weight_caches):
+    pytest.importorskip("pyiqa")
+    from coz_train.eval.metrics.offline import weight_files
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    [weights] = weight_files("musiq")
+    assert weights.path.parent == empty_weight_caches / "pyiqa"
+    weights.path.parent.mkdir(parents=True)
+    weights.path.write_bytes(b"not a checkpoint")  # found, so nothing is downloaded; pyiqa then fails to read it
+    metrics, unavailable = build_metrics(["musiq"], CPU)
+    assert metrics == {}
+    assert "could not be built: UnpicklingError" in unavailable["musiq"], unavailable["musiq"]
+
+
+def test_niqe_without_any_parameter_file_names_the_missing_file_and_the_fetch_command(monkeypatch, empty_weight_caches):
+    pytest.importorskip("pyiqa")
+    from coz_train.eval.metrics import params
+
+    def unreachable(sdist: object) -> bytes:
+        raise OSError("PyPI unreachable")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COZ_TRAIN_IQA_DIR", str(empty_weight_caches / "iqa"))
+    monkeypatch.setattr(params, "_param_dirs", lambda: [empty_weight_caches / "iqa"])
+    monkeypatch.setattr(params, "_download_sdist", unreachable)
+    metrics, unavailable = build_metrics(["niqe"], CPU)
+    assert metrics == {}
+    reason = unavailable["niqe"]
+    assert "basicsr==1.4.2 sdist could not be fetched from PyPI (PyPI unreachable)" in reason, reason
+    assert str(empty_weight_caches / "pyiqa") in reason and "--fetch-params`" in reason, reason
+
+
+def test_missing_weights_are_fetched_into_the_loaders_place_and_checked(tmp_path):
+    from coz_train.eval.metrics.offline import WeightFile, ensure_weights
+
+    served = tmp_path / "served.pth"
+    served.write_bytes(b"weights")
+    good = WeightFile(tmp_path / "cache" / "a.pth", served.as_uri(), hashlib.sha256(b"weights").hexdigest())
+    ensure_weights([good], lambda: None, "fetch-command")
+    assert good.path.read_bytes() == b"weights"
+    ensure_weights([good], lambda: pytest.fail("probed although nothing is missing"), "fetch-command")
+    corrupt = WeightFile(tmp_path / "cache" / "b.pth", served.as_uri(), "0" * 64)
+    with pytest.raises(MetricUnavailable, match="sha256"):
+        ensure_weights([corrupt], lambda: None, "fetch-command")
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == ["a.pth"]  # no partial file left behind
+    missing = WeightFile(tmp_path / "cache" / "c.pth", served.as_uri())
+    with pytest.raises(MetricUnavailable, match=r"missing .*c\.pth; no network, .*`fetch-command`"):
+        ensure_weights([missing], lambda: "no network", "fetch-command")
+    assert not missing.path.exists()
 
 
 def test_unknown_metric_names_raise():

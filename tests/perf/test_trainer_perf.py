@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from trl.trainer.utils import shuffle_sequence_dict
 
 import coz_train.train as train_module
-from coz_train import trainer as trainer_module
-from coz_train.perf import group_batches, group_prefix
+from coz_train.perf import fast_path as fast_path_module
+from coz_train.perf import group_prefix
 from coz_train.perf.group_batches import group_runs, group_shuffle
 from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
@@ -155,7 +155,8 @@ def test_merged_adapters_restore_bf16_weights_where_peft_unmerge_does_not(make_p
 @pytest.fixture
 def switch_calls(monkeypatch):
     """Counts of the perf code paths a run goes through, and the trainer that train() built."""
-    calls = {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0, "trainers": []}
+    calls = {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0, "trainers": [], "fast_paths": [],
+             "generation_configs": []}
 
     def counting(module, name):
         original = getattr(module, name)
@@ -167,12 +168,14 @@ def switch_calls(monkeypatch):
         monkeypatch.setattr(module, name, spy)
 
     counting(group_prefix, "group_prefix_forward")
-    counting(group_batches, "group_shuffle")
-    counting(trainer_module, "merged_adapters")
+    counting(fast_path_module, "group_shuffle")
+    counting(fast_path_module, "merged_adapters")
 
-    def keep_trainer(cfg):
-        trainer, resume = build_trainer(cfg)
+    def keep_trainer(cfg, *args):
+        trainer, resume = build_trainer(cfg, *args)
         calls["trainers"].append(trainer)
+        calls["fast_paths"].append(trainer.fast_path)
+        calls["generation_configs"].append(trainer.generation_config)  # the one the run generated with
         return trainer, resume
 
     monkeypatch.setattr(train_module, "build_trainer", keep_trainer)
@@ -201,24 +204,30 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     for name, overrides in runs.items():
         adapters[name] = trained_adapter(compose_cfg, tmp_path / name, *overrides)
         rewards[name] = reward_logs(tmp_path / name)
-        counts[name] = {k: v for k, v in switch_calls.items() if k != "trainers"}
+        counts[name] = {k: v for k, v in switch_calls.items() if isinstance(v, int)}
         for key in counts[name]:
             switch_calls[key] = 0
     plain_trainer, fast_trainer, compiled_trainer = switch_calls["trainers"]
+    plain_path, fast_path, compiled_path = switch_calls["fast_paths"]
+    plain_generation, fast_generation, compiled_generation = switch_calls["generation_configs"]
 
     # the fast run did take the fast paths, the plain run none of them
     assert counts["plain"] == {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0}
     assert all(v > 0 for v in counts["fast"].values()), counts["fast"]
-    assert plain_trainer.vision_caches == [] and fast_trainer.vision_caches[0].hits > 0
-    assert plain_trainer.image_cache is None and fast_trainer.image_cache.hits > 0
-    assert plain_trainer.rollout_prefix is None and fast_trainer.rollout_prefix.calls == 3  # one per step
+    assert plain_path.vision_caches == [] and fast_path.vision_caches[0].hits > 0
+    assert plain_path.image_cache is None and fast_path.image_cache.hits > 0
+    assert plain_path.rollout_prefix is None and fast_path.rollout_prefix.calls == 3  # one per step
 
     # compiled decode: TRL's generation config (compilation off) replaced by a static-cache, compiled one
-    assert plain_trainer.generation_config.disable_compile and fast_trainer.generation_config.disable_compile
-    assert not compiled_trainer.generation_config.disable_compile
-    assert compiled_trainer.generation_config.cache_implementation == "static"
-    assert compiled_trainer.rollout_prefix.calls == 3 and compiled_trainer.rollout_prefix.static_cache is not None
+    assert plain_generation.disable_compile and fast_generation.disable_compile
+    assert not compiled_generation.disable_compile and compiled_generation.cache_implementation == "static"
+    assert compiled_path.rollout_prefix.calls == 3 and compiled_path.rollout_prefix.static_cache is not None
     assert hasattr(unwrap(compiled_trainer.model), "_compiled_call")
+    # after the run, train() took the fast path off: TRL's own objects are back
+    for trainer in (fast_trainer, compiled_trainer):
+        assert trainer.fast_path is None and trainer.generation_config.disable_compile
+        assert type(trainer.processing_class.__dict__["image_processor"]).__name__ != "CachedImageProcessor"
+        assert not {"generate", "_coz_rollout_prefix"} & set(unwrap(trainer.model).__dict__)
 
     moved = max(t.abs().max().item() for k, t in adapters["plain"].items() if "lora_B" in k)
     assert moved > 1e-3  # LoRA B starts at zero: the runs did train, by 100x the tolerance below

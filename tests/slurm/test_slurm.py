@@ -3,6 +3,7 @@ preemption -> requeue -> resume. Jobs run the interpreter running these tests (s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -131,6 +132,38 @@ def test_train_sbatch_preempted_requeued_resumed(slurm, tmp_path):
     assert sorted(set(steps)) == list(range(1, max_steps + 1)), steps
     assert len(steps) == max_steps, f"steps logged twice (a rerun instead of a resume?): {steps}"
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_train_sbatch_requeued_after_it_finished_changes_nothing(slurm, tmp_path):
+    """A job that had finished, requeued (`scontrol requeue`, as an admin or a failed epilog does): the second run
+    says the run is finished, trains no step and leaves the adapter and the checkpoints byte for byte."""
+    run, out = tmp_path / "run", tmp_path / "train.out"
+    job = slurm.submit(
+        TRAIN, "+experiment=smoke", "grpo.max_steps=4", "grpo.save_steps=2", "logging.sample_every=0",
+        sbatch_args=[*NO_GPU, "-o", str(out)], cwd=ROOT,
+        env=job_env(ACCELERATE_CONFIG=CPU_CONFIG, NUM_PROCESSES_PER_NODE="2", RUN_DIR=str(run)),
+    )
+    assert slurm.wait(job, timeout=300) == "COMPLETED", read(out)[-6000:]
+
+    def snapshot() -> dict[str, tuple[bytes, int]]:
+        files = [p for p in run.rglob("*") if p.is_file() and "wandb" not in p.parts and p.name != "train.log"
+                 and p.suffix != ".jsonl" and ".hydra" not in p.parts]
+        return {str(p.relative_to(run)): (hashlib.sha256(p.read_bytes()).digest(), p.stat().st_mtime_ns)
+                for p in files}
+
+    before, history = snapshot(), read(run / "log_history.jsonl")
+    assert "adapter/adapter_model.safetensors" in before and "checkpoint-4/COMPLETE" in before, sorted(before)
+    slurm.requeue(job)
+    try:
+        slurm.start_requeued(job, timeout=120)
+    except (AssertionError, TimeoutError) as e:
+        raise AssertionError(f"{e}\n{read(out)[-6000:]}") from None
+    assert slurm.wait(job, timeout=300) == "COMPLETED", read(out)[-6000:]
+    log = read(out)
+    assert "SLURM_RESTART_COUNT=1" in log, log[-4000:]
+    assert "This run is finished (checkpoint-4 is at max_steps" in read(run / "train.log") + log, log[-4000:]
+    assert snapshot() == before  # nothing rewritten, not even with the same bytes
+    assert read(run / "log_history.jsonl") == history and steps_logged(run) == [1, 2, 3, 4]
 
 
 def test_slurm_launcher_config_composes():

@@ -1,4 +1,23 @@
-"""The `server` backend: a client of an OpenAI-compatible chat-completions critic server."""
+"""The `server` backend: a client of an OpenAI-compatible chat-completions critic server.
+
+Transport: one `httpx.Client` per critic, shared by the `critic.concurrency` worker threads: a pool
+of as many keep-alive connections (vLLM and SGLang keep them open; our server closes each after its
+answer), `critic.timeout_s` for each of connect, write, read and waiting for a pooled connection,
+never a proxy from the environment (`trust_env=False`: the critic is on the cluster's own network),
+and the system's certificate authorities for https, as Python's own `ssl` uses them.
+
+Not the `openai` client: it is not a dependency of this project (nor installed in its environment),
+and it is built on httpx itself, adding under the policy stated here a second retry loop of its own
+(`max_retries`, default 2, with its own backoff) and a timeout default of its own (600 s), both of
+which would have to be switched off to keep one policy. The critic sends one POST and reads the JSON
+answer (the score tokens' `logprobs` included) itself; httpx is that layer.
+
+Retries: connection errors, timeouts and 5xx are retried `critic.retries` times with exponential
+backoff (`backoff_s` x 1, 2, 4 ..., at most 60 s), then `CriticUnavailableError` naming the URL, the
+attempts and the last error; 4xx and answers that are not chat completions raise
+`CriticRequestError` at once. The whole reward call, these retries included, runs inside one
+`reward_failure.deadline_s` (`coz_train.rewards.guard`), which abandons a call still running then.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +27,16 @@ import json
 import logging
 import math
 import os
+import ssl
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from http.client import HTTPException
 from typing import Any
 
+import httpx
 from omegaconf import DictConfig
 
 from coz_train.rewards.critic.common import instruction_text, parse_score
+from coz_train.rewards.guard import abandoned
 
 log = logging.getLogger(__name__)
 
@@ -90,27 +108,41 @@ class ServerCritic:
             top_logprobs = cfg.top_logprobs if "top_logprobs" in cfg else None
         self.top_logprobs = max(self.DEFAULT_TOP_LOGPROBS, cfg.score_max + 1) if top_logprobs is None else top_logprobs
         token = os.environ.get(cfg.token_env) if cfg.token_env else None
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # direct, never via a proxy
-        self._pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="critic-client")
+            headers["Authorization"] = f"Bearer {token}"
+        workers = max(1, cfg.concurrency)
+        self._http = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(cfg.timeout_s), trust_env=False,  # direct, never via a proxy
+            limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
+            verify=ssl.create_default_context())  # the system's CAs (httpx's default would be certifi's)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="critic-client")
         self._lock = threading.Lock()
         self.attempts = 0  # HTTP attempts made, retries included
         self._probe()
 
     def _probe(self) -> None:
         """One quick GET /health: a warning (not an error) if the server is not up yet."""
-        request = urllib.request.Request(self.base_url + "/health", headers=self._headers)
         try:
-            with self._opener.open(request, timeout=min(5.0, self.cfg.timeout_s)) as response:
-                body = response.read()
+            response = self._http.get(self.base_url + "/health", timeout=min(5.0, self.cfg.timeout_s))
+        except httpx.TransportError as err:
+            log.warning("The critic server at %s is not answering yet (%s: %s); requests will retry.", self.base_url,
+                        type(err).__name__, err)
+            return
+        if not response.is_success:
+            log.warning("The critic server at %s answers GET /health with HTTP %d: %s", self.base_url,
+                        response.status_code, _error_message(response))
+            return
+        body = response.content
+        try:
             model = json.loads(body).get("model") if body.lstrip().startswith(b"{") else None  # vLLM: empty body
-            if model is not None and model != self.model_name:
-                log.warning("The critic server at %s serves '%s', but requests name '%s' (critic.served_model).",
-                            self.base_url, model, self.model_name)
-        except (OSError, HTTPException, ValueError) as err:
-            log.warning("The critic server at %s is not answering yet (%s); requests will retry.", self.base_url, err)
+        except ValueError:
+            log.warning("The critic server at %s answers GET /health with something that is not a JSON object: %r",
+                        self.base_url, body[:200])
+            return
+        if model is not None and model != self.model_name:
+            log.warning("The critic server at %s serves '%s', but requests name '%s' (critic.served_model).",
+                        self.base_url, model, self.model_name)
 
     def payload(self, images: list, text: str) -> dict:
         content = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images]
@@ -124,37 +156,47 @@ class ServerCritic:
         return body
 
     def _post(self, data: bytes) -> dict:
-        request = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
         try:
-            with self._opener.open(request, timeout=self.cfg.timeout_s) as response:
-                body = response.read()
-        except urllib.error.HTTPError as err:
-            detail = _error_message(err)
-            if err.code >= 500:
-                raise _Retryable(f"HTTP {err.code}: {detail}") from None
-            raise CriticRequestError(f"The critic server at {self.url} refused the request: HTTP {err.code}: {detail}") from None
-        except (OSError, HTTPException) as err:  # refused, reset, timed out, closed mid-response
-            raise _Retryable(f"{type(err).__name__}: {getattr(err, 'reason', None) or err}") from None
+            response = self._http.post(self.url, content=data)
+        except httpx.TransportError as err:  # refused, reset, timed out, closed mid-response
+            raise _Retryable(f"{type(err).__name__}: {err}") from None
+        except httpx.DecodingError as err:
+            raise CriticRequestError(f"The critic server at {self.url} answered a body that cannot be decoded: "
+                                     f"{err}") from None
+        if response.status_code >= 500:
+            raise _Retryable(f"HTTP {response.status_code}: {_error_message(response)}")
+        if not response.is_success:
+            raise CriticRequestError(f"The critic server at {self.url} refused the request: HTTP "
+                                     f"{response.status_code}: {_error_message(response)}")
         try:
-            return json.loads(body)
+            return json.loads(response.content)
         except ValueError:
             raise CriticRequestError(f"The critic server at {self.url} answered with something that is not JSON: "
-                                     f"{body[:200]!r}") from None
+                                     f"{response.content[:200]!r}") from None
 
-    def request(self, body: dict) -> dict:
-        """POST one chat completion, retrying connection errors, timeouts and 5xx with exponential backoff."""
+    def request(self, body: dict, given_up: threading.Event | None = None) -> dict:
+        """POST one chat completion, retrying connection errors, timeouts and 5xx with exponential backoff; no further
+        attempt once `given_up` is set (the reward call's deadline passed: `coz_train.rewards.guard.abandoned`)."""
         data = json.dumps(body).encode()
+        given_up = given_up or threading.Event()
         attempts, last = 1 + max(0, self.cfg.retries), None
         for attempt in range(attempts):
-            if attempt:
-                time.sleep(min(60.0, self.backoff_s * 2 ** (attempt - 1)))
+            if attempt and given_up.wait(min(60.0, self.backoff_s * 2 ** (attempt - 1))):
+                break
+            if given_up.is_set():
+                break
             with self._lock:
                 self.attempts += 1
             try:
                 return self._post(data)
             except _Retryable as err:
                 last = err
+                if given_up.is_set():
+                    break
                 log.warning("Critic request to %s failed (attempt %d/%d): %s", self.url, attempt + 1, attempts, err)
+        if given_up.is_set():
+            raise CriticUnavailableError(f"The request to the critic server at {self.url} was given up: the reward "
+                                         f"call's deadline (reward_failure.deadline_s) passed; last error: {last}")
         raise CriticUnavailableError(
             f"The critic server at {self.url} is unavailable: {attempts} attempts failed "
             f"(critic.retries={self.cfg.retries}, critic.timeout_s={self.cfg.timeout_s}); last error: {last}"
@@ -176,11 +218,13 @@ class ServerCritic:
             raise CriticRequestError(f"The critic server at {self.url} answered an unexpected shape ({err!r}): "
                                      f"{json.dumps(response)[:300]}") from None
 
-    def _score_one(self, images: list, text: str) -> float | None:
-        return self.score_response(self.request(self.payload(images, text)))
+    def _score_one(self, images: list, text: str, given_up: threading.Event | None) -> float | None:
+        return self.score_response(self.request(self.payload(images, text), given_up))
 
     def score(self, images: list[list], texts: list[str]) -> list[float | None]:
-        futures = [self._pool.submit(self._score_one, imgs, text) for imgs, text in zip(images, texts, strict=True)]
+        given_up = abandoned()  # the pool's threads do not see the reward call's context: handed over explicitly
+        futures = [self._pool.submit(self._score_one, imgs, text, given_up)
+                   for imgs, text in zip(images, texts, strict=True)]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
@@ -191,18 +235,16 @@ class ServerCritic:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
 
 
-def _error_message(err: urllib.error.HTTPError) -> str:
+def _error_message(response: httpx.Response) -> str:
     """The `error.message` of an OpenAI-style error body, else the start of the body."""
-    try:
-        raw = err.read()
-    except (OSError, HTTPException):
-        return err.reason or ""
+    raw = response.content
     try:
         body = json.loads(raw)
         error = body.get("error", body) if isinstance(body, dict) else body
         message = error.get("message") if isinstance(error, dict) else error
         return str(message if message is not None else body)[:500]
     except ValueError:
-        return raw[:300].decode("utf-8", "replace") or str(err.reason)
+        return raw[:300].decode("utf-8", "replace") or response.reason_phrase

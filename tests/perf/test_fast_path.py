@@ -1,0 +1,61 @@
+"""coz_train.perf.fast_path: the trainer installs the `perf` switches as one object that logs each change and
+takes every one of them off again."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from coz_train.perf.fast_path import FastPath
+from coz_train.perf.image_cache import CachedImageProcessor
+from coz_train.perf.prefix import unwrap
+from coz_train.perf.replacement import Replacement
+from coz_train.perf.vision_cache import VisionFeatureCache
+from coz_train.train import build_trainer
+
+FAST = ["+experiment=smoke", "logging.wandb=false", "perf=fast", "perf.critic_prefix=false",
+        "perf.compiled_decode=true"]
+
+
+def test_install_logs_each_change_and_remove_puts_every_object_back(make_config, caplog):
+    with caplog.at_level(logging.INFO, logger="coz_train.perf.fast_path"):
+        trainer, _ = build_trainer(make_config(*FAST))
+    fast_path = trainer.fast_path
+    inner = unwrap(trainer.model)
+    processor = trainer.processing_class
+    assert isinstance(processor.__dict__["image_processor"], CachedImageProcessor)
+    assert isinstance(inner.model.__dict__["get_image_features"], VisionFeatureCache)
+    assert {"forward", "generate"} <= set(inner.__dict__)
+    installed = next(r.getMessage() for r in caplog.records if "fast path installed" in r.getMessage())
+    for text in ("image_processor", "get_image_features", ".forward", ".generate",
+                 "generation_config", "per call: group_batches, merge_adapters_for_generation"):
+        assert text in installed, text
+    changes = list(fast_path.changes)
+    assert len(changes) == 6
+
+    trainer.remove_fast_path()
+    assert trainer.fast_path is None and fast_path.changes == []
+    real = fast_path.image_cache.__dict__["_real"]
+    assert processor.__dict__["image_processor"] is real
+    assert "get_image_features" not in inner.model.__dict__
+    assert not {"generate", "_coz_rollout_prefix"} & set(inner.__dict__)
+    for change in changes:  # each owner holds exactly what it held before (its own object, or nothing)
+        assert Replacement.own_value(change.owner, change.name) is change.previous, change
+    assert trainer.generation_config.disable_compile  # TRL's own config again
+
+    # installable again, on the same trainer
+    again = trainer.install_fast_path(FastPath({"image_cache": True}))
+    assert [c.name for c in again.changes] == ["image_processor"]
+    with pytest.raises(RuntimeError, match="installed already"):
+        trainer.install_fast_path(FastPath({"image_cache": True}))
+    trainer.remove_fast_path()
+    assert processor.__dict__["image_processor"] is real
+
+
+def test_plain_installs_nothing(make_config, caplog):
+    with caplog.at_level(logging.INFO, logger="coz_train.perf.fast_path"):
+        trainer, _ = build_trainer(make_config("+experiment=smoke", "logging.wandb=false", "perf=plain"))
+    assert trainer.fast_path.changes == [] and not trainer.fast_path.any_on
+    assert not any("fast path installed" in r.getMessage() for r in caplog.records)
+    assert "generate" not in unwrap(trainer.model).__dict__
