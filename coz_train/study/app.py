@@ -104,7 +104,8 @@ class StudyApp:
         """templates/page.html around templates/<name>.html, with static/<name>.js."""
         body = (HERE / "templates" / f"{name}.html").read_text()
         html = (HERE / "templates" / "page.html").read_text().replace("{{body}}", body).replace("{{page}}", name)
-        return HTMLResponse(html.replace("{{title}}", _escape(self.texts["title"])), headers={"Cache-Control": "no-store"})
+        html = html.replace("{{title}}", _escape(self.texts["title"]))
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def rate_page(self, request: Request) -> Response:
         await run_in_threadpool(self.rater, request.path_params["token"])

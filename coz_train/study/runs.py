@@ -79,7 +79,8 @@ def read_prompts(folder: Path, steps: int) -> dict[int, str]:
 def read_runs(runs: list[str | Path], prefix_conditions: bool = False) -> RunSet:
     """Every chain of the given eval runs; one geometry for all (a study compares like with like)."""
     if not runs:
-        raise ValueError("No eval run given: python -m coz_train.study build <eval run> [<eval run> ...] study.name=...")
+        raise ValueError("No eval run given: "
+                         "python -m coz_train.study build <eval run> [<eval run> ...] study.name=...")
     result: RunSet | None = None
     for given in runs:
         run = Path(given).expanduser().resolve()

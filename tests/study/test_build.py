@@ -96,7 +96,8 @@ def test_pair_mode_draws_the_sides_per_rater(make_study):
         for t in rater_tasks:
             if t["check"] == "repeat":  # the same pair, sides swapped
                 first = by_id[t["repeat_of"]]
-                assert (t["condition_left"], t["condition_right"]) == (first["condition_right"], first["condition_left"])
+                swapped = (first["condition_right"], first["condition_left"])
+                assert (t["condition_left"], t["condition_right"]) == swapped
                 assert t["panels"] == first["panels"][::-1]
             if t["check"] == "control":
                 assert t["condition"] == "control:nearest" in (t["condition_left"], t["condition_right"])
@@ -105,7 +106,8 @@ def test_pair_mode_draws_the_sides_per_rater(make_study):
 
 
 def test_items_per_rater_spreads_the_items_evenly(make_study):
-    m = manifest(make_study("study.items_per_rater=2", "study.raters=6", "study.tests=[image]", "study.checks.repeats=0"))
+    m = manifest(make_study("study.items_per_rater=2", "study.raters=6", "study.tests=[image]",
+                            "study.checks.repeats=0"))
     seen = Counter(t["item"] for ts in m["raters"].values() for t in ts if not t["check"])
     assert set(seen.values()) == {6 * 2 * 3 // 6}  # 6 raters x 2 items x 3 conditions over 6 items: 6 each
 
@@ -158,7 +160,7 @@ def test_bad_runs_and_an_existing_study_are_refused(eval_run, tmp_path, make_stu
         build([], cfg)
     copy = tmp_path / "copy"
     shutil.copytree(eval_run, copy)
-    with pytest.raises(ValueError, match=r"Condition 'bicubic' of image 'astronaut' is in .* study.prefix_conditions=true"):
+    with pytest.raises(ValueError, match=r"'bicubic' of image 'astronaut' is in .* study.prefix_conditions=true"):
         build([str(eval_run), str(copy)], cfg)
     both = build([str(eval_run), str(copy)], load_config(
         ["study.name=y", f"study.dir={tmp_path / 'y'}", "study.prefix_conditions=true", "study.tests=[image]",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -62,15 +63,18 @@ def test_build_invite_and_errors_from_the_command_line(eval_run, tmp_path):
                       f"study.conditions=[{','.join(CONDITIONS)}]", "server.port=9999")
     assert built.returncode == 0, built.stderr
     assert "Invitation links" in built.stderr and "http://127.0.0.1:9999/r/" in built.stderr
-    assert (study / "manifest.json").is_file() and (study / "admin.txt").read_text().startswith("http://127.0.0.1:9999/admin/")
+    assert (study / "manifest.json").is_file()
+    assert (study / "admin.txt").read_text().startswith("http://127.0.0.1:9999/admin/")
     invited = study_cli("invite", str(study), "invite.raters=2")
-    assert invited.returncode == 0 and "r05" in invited.stderr and set(invitations(study)) == {f"r0{n}" for n in range(1, 6)}
+    assert invited.returncode == 0 and "r05" in invited.stderr
+    assert set(invitations(study)) == {f"r0{n}" for n in range(1, 6)}
     for args, code, message in [
         ((), 2, "usage:"),
         (("build", str(eval_run)), 2, "build needs study.name=<name>"),
         (("build", str(eval_run), "study.name=x", "study.nmae=1"), 1, "Could not override 'study.nmae'"),
         (("build", str(eval_run), "study.name=x", "study.raters=many"), 1, "study.raters"),
-        (("build", str(tmp_path / "nothing"), "study.name=x", f"study.dir={tmp_path / 'x'}"), 1, "no per-sample/ folder"),
+        (("build", str(tmp_path / "nothing"), "study.name=x", f"study.dir={tmp_path / 'x'}"), 1,
+         "no per-sample/ folder"),
         (("serve", str(tmp_path)), 1, "manifest.json not found: give a study folder"),
         (("serve", str(study), str(study)), 1, "`serve` takes one study folder"),
         (("invite", str(study), "invite.raters=0"), 1, "must be at least 1"),
@@ -98,8 +102,8 @@ def test_a_server_killed_mid_study_and_restarted_loses_and_doubles_nothing(eval_
                 if who != name or stop.is_set():
                     continue
                 try:
-                    r = client.post(f"/api/r/{tokens[who]}/answer",
-                                    json={"task": task, "score": a["score"], "seconds": 1, "submission": a["submission"]})
+                    body = {"task": task, "score": a["score"], "seconds": 1, "submission": a["submission"]}
+                    r = client.post(f"/api/r/{tokens[who]}/answer", json=body)
                     if r.status_code == 200:
                         confirmed.add((who, task))
                 except httpx.TransportError:
@@ -142,3 +146,49 @@ def test_a_server_killed_mid_study_and_restarted_loses_and_doubles_nothing(eval_
     assert db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == len(plan)
     assert db.execute("SELECT MAX(changes) FROM answers").fetchone()[0] == 0
     db.close()
+
+
+def test_analyze_reads_every_answer_from_the_store_and_writes_the_results(make_study, tmp_path, caplog, capsys):
+    import csv
+
+    from coz_train.study.__main__ import main
+    from coz_train.study.ratings import read_csv
+    from coz_train.study.store import Store
+
+    study = make_study("study.raters=6")
+    empty = make_study("study.raters=1")
+    assert main(["analyze", str(empty)]) == 1 and "no answers yet" in capsys.readouterr().err
+    quality = {"onestep-null": 2, "recursive-vlm": 3, "recursive_multiscale-vlm": 4, "control:nearest": 1,
+               "control:mismatched-text": 1}
+    store = Store(study / "study.sqlite")
+    for n, rater in enumerate(store.raters()):
+        for k, task in enumerate(store.tasks(rater)):
+            careless = rater == "r06"  # 5 for everything, the degraded controls too: screening flags it
+            score = 5 if careless else min(5, max(1, quality[task["condition"]] + (n + k) % 3 - 1))
+            store.answer(rater, task["task"], score, None, 2.0, uuid.uuid4().hex)
+    ratings = store.ratings()
+    store.close()
+
+    caplog.set_level("INFO")
+    assert main(["analyze", str(study), "analyze.n_boot=50", "analyze.seed=3"]) == 0
+    out = study / "results"
+    assert {p.name for p in out.iterdir()} >= {"results.md", "results.csv", "ratings.csv", "results.png"}
+    assert f"results in {out}" in caplog.text
+    assert read_csv(out / "ratings.csv") == ratings  # every answer the store holds, as the Rating record
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    primary = {r["raters"] for r in rows if r["primary"] == "1" and r["section"] == "mos"}
+    assert primary == {"screened"}  # analyze.drop_flagged=true: flagged raters dropped
+    assert any(r["section"] == "screening" and r["condition"] == "r06" for r in rows)
+    assert "50 two-way bootstrap" in (out / "results.md").read_text()
+    if os.environ.get("COZ_TRAIN_STUDY_FIGURE"):  # the README's docs/figures/study_results.png
+        shutil.copyfile(out / "results.png", os.environ["COZ_TRAIN_STUDY_FIGURE"])
+    mos = {(r["test"], r["condition"]): float(r["estimate"]) for r in rows
+           if r["section"] == "mos" and r["primary"] == "1"}
+    assert mos[("image", "onestep-null")] < mos[("image", "recursive-vlm")] < mos[("image", "recursive_multiscale-vlm")]
+
+    kept = tmp_path / "kept"
+    assert main(["analyze", str(study), "analyze.n_boot=50", "analyze.drop_flagged=false", f"analyze.out={kept}",
+                 "logging.wandb=true", "logging.mode=offline"]) == 0
+    rows = list(csv.DictReader((kept / "results.csv").open()))
+    assert {r["raters"] for r in rows if r["primary"] == "1" and r["section"] == "mos"} == {"all"}
+    assert list((kept / "wandb").glob("offline-run-*"))  # the results went to an offline wandb run

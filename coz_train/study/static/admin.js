@@ -30,7 +30,8 @@ function bar(fraction) {
 function ago(t) {
   if (!t) return "-";
   const s = Math.max(0, Date.now() / 1000 - t);
-  return s < 90 ? `${Math.round(s)} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : new Date(t * 1000).toLocaleString();
+  if (s < 90) return `${Math.round(s)} s ago`;
+  return s < 5400 ? `${Math.round(s / 60)} min ago` : new Date(t * 1000).toLocaleString();
 }
 
 async function refresh() {
