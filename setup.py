@@ -1,7 +1,8 @@
 """Package discovery; the project's metadata lives in pyproject.toml.
 
 Every package under coz_train/ is found automatically, and the Hydra configs at the top of the
-checkout (conf/, one folder per config group) ship inside the package as coz_train.conf.
+checkout (conf/, one folder per config group) ship inside the package as coz_train.conf; the study's
+web pages (coz_train/study/templates, static) ship as package data.
 """
 
 from setuptools import find_namespace_packages, find_packages, setup
@@ -10,5 +11,6 @@ config_groups = [f"coz_train.conf.{name}" for name in find_namespace_packages(wh
 setup(
     packages=[*find_packages(include=["coz_train", "coz_train.*"]), "coz_train.conf", *config_groups],
     package_dir={"coz_train": "coz_train", "coz_train.conf": "conf"},
-    package_data={"coz_train.conf": ["*.yaml"], **{group: ["*.yaml"] for group in config_groups}},
+    package_data={"coz_train.conf": ["*.yaml"], **{group: ["*.yaml"] for group in config_groups},
+                  "coz_train.study": ["templates/*.html", "static/*"]},
 )

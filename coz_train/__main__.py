@@ -5,26 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from coz_train.config import config_dir, register_configs
+from coz_train.errors import raised_by_coz_train
 
 register_configs()
-PACKAGE = Path(__file__).resolve().parent
 record = logging.getLogger("coz_train.record")  # the run's log file only (conf/config.yaml)
-
-
-def raised_by_coz_train(err: BaseException) -> bool:
-    """An error this package raised itself (a checked setting, a missing file, a failed reward): its message
-    carries the advice, so the traceback would only hide it. Errors raised inside libraries keep theirs."""
-    tb = err.__traceback__
-    last = None
-    while tb is not None:
-        last, tb = tb, tb.tb_next
-    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

@@ -20,19 +20,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-CONF_DIR_NAME = "conf"
-
-
-def config_dir() -> str:
-    """The `conf/` folder: shipped inside the installed package, or at the top of a checkout."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / CONF_DIR_NAME, package_dir.parent / CONF_DIR_NAME):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(
-        f"coz_train's configs were not found in {package_dir / CONF_DIR_NAME} or "
-        f"{package_dir.parent / CONF_DIR_NAME}: reinstall the package (pip install -e .)."
-    )
+from coz_train.conf_dir import CONF_DIR_NAME, config_dir  # noqa: F401 - re-exported: the entry points import it here
 
 
 @dataclass

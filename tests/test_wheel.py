@@ -29,8 +29,10 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
 
 
 def package_modules(root: Path) -> set[str]:
-    """Every .py module and .yaml config of the source tree, as wheel paths."""
+    """Every .py module, .yaml config and study web page of the source tree, as wheel paths."""
     found = {f"coz_train/{p.relative_to(root / 'coz_train')}" for p in (root / "coz_train").rglob("*.py")}
+    pages = [p for sub in ("templates", "static") for p in (root / "coz_train" / "study" / sub).iterdir()]
+    found |= {f"coz_train/{p.relative_to(root / 'coz_train')}" for p in pages}
     found |= {f"coz_train/conf/{p.relative_to(root / 'conf')}" for p in (root / "conf").rglob("*.yaml")}
     return {p for p in found if "__pycache__" not in p}
 
