@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,18 @@ from coz_train.study.ratings import SCALE  # noqa: E402
 
 PALETTE = ("#9e9e9e", "#7fa7d1", "#e07b54", "#6fb07f", "#b28dc7", "#d6b656", "#6cc3c7", "#c76f8c")
 PANEL_TITLES = {"image": "image quality MOS", "text": "text MOS"}
+
+
+def tick_label(condition: str, width: int = 14) -> str:
+    """A condition name broken after its `_`, `-` or `+` separators into lines of about `width` characters, so
+    that neighbouring labels (e.g. recursive_multiscale-vlm+adapter) do not overlap."""
+    lines, line = [], ""
+    for part in re.split(r"(?<=[_+-])", condition):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join([*lines, line])
 
 
 def _error_bars(values: list[float], lows: list[float], highs: list[float]) -> list[list[float]]:
@@ -60,7 +73,7 @@ def _mos_panel(ax: Axes, t: TestResult, title: str) -> None:
     ax.set_ylim(0, max(SCALE[1] + 0.3, highest + 0.1))
     ax.set_yticks(range(SCALE[0], SCALE[1] + 1))
     ax.set_ylabel("MOS (1 Bad ... 5 Excellent)")
-    ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, fontsize=8)
+    ax.set_xticks(range(len(names)), [tick_label(n) for n in names], fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
 
@@ -79,7 +92,7 @@ def _bt_panel(ax: Axes, t: TestResult, title: str) -> None:  # t.bradley_terry i
     highest = _brackets(ax, neighbours(t.pair_comparisons or [], names), x, top, gap=0.06 * span)
     ax.set_ylim(bottom - 0.08 * span, highest + 0.05 * span)
     ax.set_ylabel("Bradley-Terry score (log-strength)")
-    ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, fontsize=8)
+    ax.set_xticks(range(len(names)), [tick_label(n) for n in names], fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
 

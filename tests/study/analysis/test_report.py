@@ -102,3 +102,12 @@ def test_log_to_wandb_offline(study, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert {"mos", "comparisons", "bradley", "screening"} <= set(tables), sorted(tables)
     mos = tables["mos"]
     assert {row[mos["columns"].index("condition")] for row in mos["data"]} == set(ORDER)
+
+
+def test_long_condition_names_are_broken_into_lines_at_their_separators():
+    from coz_train.study.analysis.figure import tick_label
+
+    assert tick_label("nearest") == "nearest"
+    assert tick_label("recursive_multiscale-vlm") == "recursive_\nmultiscale-vlm"
+    assert all(len(line) <= 14 for line in tick_label("recursive_multiscale-vlm+adapter").splitlines())
+    assert tick_label("recursive_multiscale-vlm+adapter").replace("\n", "") == "recursive_multiscale-vlm+adapter"
