@@ -259,6 +259,14 @@ class EvalConfig:
     backbone: BackboneSection = field(default_factory=BackboneSection)
 
 
+@dataclass
+class EvalDuringTrainingConfig(EvalConfig):
+    """`eval_during_training`: the `eval` keys, run on held-out images with the adapter being trained
+    (coz_train/eval/during_training.py). `adapter` stays null: the live policy is the `vlm+adapter` source."""
+
+    every: int = 0  # evaluate every N optimizer steps; 0 = off
+
+
 def _schema_type(annotation: Any) -> Any:
     """Map a GRPOConfig field type onto one OmegaConf can check; anything richer becomes Any."""
     simple = {bool, int, float, str}
@@ -319,6 +327,7 @@ class CozTrainConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    eval_during_training: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
 
 
 def _rank() -> int:

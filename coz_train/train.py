@@ -28,6 +28,7 @@ from coz_train.checkpoints import (
 )
 from coz_train.config import GRPOSection
 from coz_train.data import build_zoom_dataset, check_data_config
+from coz_train.eval.during_training import EvalDuringTraining, check_eval_during_training
 from coz_train.hub import resolve_model
 from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
@@ -168,6 +169,7 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
             log.warning("rewards.%s.weight=%s is negative: GRPO will push completions away from this reward.",
                         name, weight)
     check_data_config(cfg.data)
+    check_eval_during_training(cfg)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
     if critic_needed(rewards):
         if cfg.critic.backend == "server":
@@ -203,6 +205,9 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
     from coz_train.trainer import CozGRPOTrainer
 
     samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
+    callbacks = [samples, CompleteMarkerCallback(), PreemptionCallback(), UpdateGuardCallback(guard)]
+    if cfg.eval_during_training.every:  # after PreemptionCallback: a preempted step saves without evaluating
+        callbacks.append(EvalDuringTraining(cfg, "wandb" in report_to))
     trainer = CozGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -210,7 +215,7 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[samples, CompleteMarkerCallback(), PreemptionCallback(), UpdateGuardCallback(guard)],
+        callbacks=callbacks,
     )
     trainer.install_fast_path(FastPath(cfg.perf))
     samples.trainer = trainer

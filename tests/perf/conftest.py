@@ -56,19 +56,3 @@ def shuffle_rows():
     """shuffle_rows(batch, permutation) -> the batch with its rows (and their images) reordered."""
     return permute_rows
 
-
-class ModelLoadStarted(Exception):
-    """Raised by `no_model_loads` when training setup gets as far as loading data or weights."""
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """build_trainer stops with ModelLoadStarted where it would start loading data, processor or weights."""
-    import coz_train.train as train_module
-
-    def refuse(*args, **kwargs):
-        raise ModelLoadStarted
-
-    for name in ("build_zoom_dataset", "load_processor", "load_vlm"):
-        monkeypatch.setattr(train_module, name, refuse)
-    return ModelLoadStarted
