@@ -8,6 +8,10 @@ experiment cannot download one, so this module trains a tiny tokenizer on an in-
 
 from __future__ import annotations
 
+import itertools
+import string
+from collections.abc import Iterator
+
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -76,6 +80,54 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                              "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
+    )
+    fast.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return fast
+
+
+def _letter_words(length: int) -> Iterator[str]:
+    """Lower-case words of `length` letters in alphabetical order."""
+    return ("".join(chars) for chars in itertools.product(string.ascii_lowercase, repeat=length))
+
+
+def build_full_vocabulary_tokenizer(ordinary_tokens: int, special_tokens: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with a real model's vocabulary size and its special tokens at their real ids.
+
+    The ordinary tokens are the 256 byte symbols and then space-led lower-case words (" a" .. " z",
+    " aa" .. " zzz", then four-letter words in alphabetical order) up to `ordinary_tokens`; the special
+    tokens follow from id `ordinary_tokens` on, in order. Each word has the merges that build it from its
+    letters left to right, so the text a random model writes (a sequence of such words) encodes back to
+    as many tokens as it had, as a real tokenizer's output does; other text goes to shorter words and bytes.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    space = "\u0120"  # the byte-level symbol of " "
+    merges: list[tuple[str, str]] = []
+    length = 1
+    while len(vocab) < ordinary_tokens:
+        for word in _letter_words(length):
+            if len(vocab) == ordinary_tokens:
+                break
+            token = space + word
+            merges.append((token[:-1], token[-1]))
+            vocab[token] = len(vocab)
+        length += 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(special_tokens)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
