@@ -62,10 +62,16 @@ from coz_train.rewards.critic.client import (
 from coz_train.rewards.critic.common import CriticScoringError, critic_device, instruction_text, parse_score
 from coz_train.rewards.critic.hf import HFCritic
 from coz_train.rewards.critic.internvl_remote import InternVLRemoteCritic
-from coz_train.rewards.critic.reward import BACKENDS, CriticReward, build_critic_reward, critic_prefix_wanted
+from coz_train.rewards.critic.reward import (
+    BACKENDS,
+    CriticReward,
+    build_critic_reward,
+    critic_prefix_wanted,
+    install_critic_switches,
+)
 
 __all__ = [
     "BACKENDS", "CriticRequestError", "CriticReward", "CriticScoringError", "CriticUnavailableError", "HFCritic", "InternVLRemoteCritic",
-    "ServerCritic", "build_critic_reward", "critic_device", "critic_prefix_wanted", "expected_score",
+    "ServerCritic", "build_critic_reward", "critic_device", "critic_prefix_wanted", "expected_score", "install_critic_switches",
     "instruction_text", "parse_score", "png_data_url",
 ]
