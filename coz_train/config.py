@@ -160,6 +160,7 @@ class PerfConfig:
 
     load_once: bool = False  # each training row read and its images decoded once per generation batch (TRL: 8 x G)
     image_cache: bool = False  # CPU preprocessing (resize, patchify) once per distinct image, for policy and critic
+    text_cache: bool = False  # the policy processor tokenizes each distinct prompt of a call once (TRL: G copies)
     vision_cache: bool = False  # frozen vision tower: each distinct image is encoded once, reused by every pass
     vision_cache_images: int = 64  # images kept across steps (least recently used are dropped)
     pixel_handles: bool = False  # with both caches: a handle per pixel row instead of the expanded pixel rows
@@ -192,6 +193,7 @@ class BenchConfig:
     critic_scoring: str = "logits"  # critic phase: logits (next-token logits) | generate (greedy critic.max_new_tokens)
     static_cache: bool = False  # also time the fast rollout with a static KV cache (report only, not compiled: as TRL)
     compiled_decode: bool = False  # also the step (and rollout phase) with perf.compiled_decode; the first compiles
+    ablate: list[str] = field(default_factory=list)  # perf switches turned off in the step's fast paths (what each buys)
     out: str = "bench.json"  # relative to the run folder
 
 

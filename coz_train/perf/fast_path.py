@@ -4,6 +4,7 @@
 `install` makes every run-time change the switches need and logs each one:
 - `load_once`: the trainer's training dataset becomes a `RowsOnce` over it (`coz_train.perf.load_once`);
 - `image_cache`: the processor's image processor becomes a `CachedImageProcessor` (`coz_train.perf.image_cache`);
+- `text_cache`: the processor's tokenizer becomes a `DedupTokenizer` (`coz_train.perf.text_cache`);
 - `vision_cache`: the policy's (and the reference model's) `get_image_features` becomes a content-keyed
   `VisionFeatureCache` (`coz_train.perf.vision_cache`);
 - `pixel_handles`: the cached image processor hands out pixel handles and the vision caches read the pixels
@@ -37,12 +38,13 @@ from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.replacement import Replacement, replaced
 from coz_train.perf.rollout_prefix import install_rollout_prefix
+from coz_train.perf.text_cache import install_text_cache
 from coz_train.perf.vision_cache import install_vision_cache
 
 log = logging.getLogger(__name__)
 
-SWITCHES = ("load_once", "image_cache", "vision_cache", "pixel_handles", "group_prefix", "group_batches",
-            "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
+SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
+            "group_batches", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 
 
 class FastPath:
@@ -82,6 +84,8 @@ class FastPath:
             handles = self.on("pixel_handles")
             self.image_cache = self._record(processor, "image_processor", "image_cache",
                                             lambda: install_image_cache(processor, self.image_cache_images, handles))
+        if self.on("text_cache") and getattr(processor, "tokenizer", None) is not None:
+            self._record(processor, "tokenizer", "text_cache", lambda: install_text_cache(processor))
         if self.on("vision_cache"):
             for role, model in models:
                 inner = unwrap(model).model

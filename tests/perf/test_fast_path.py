@@ -31,11 +31,11 @@ def test_install_logs_each_change_and_remove_puts_every_object_back(make_config,
     installed = next(r.getMessage() for r in caplog.records if "fast path installed" in r.getMessage())
     dataset = trainer.train_dataset
     assert isinstance(dataset, RowsOnce) and fast_path.vision_caches[0].pixel_source is fast_path.image_cache
-    for text in ("train_dataset", "image_processor", "get_image_features", "pixel_source", ".forward", ".generate",
-                 "generation_config", "per call: group_batches, merge_adapters_for_generation"):
+    for text in ("train_dataset", "image_processor", ".tokenizer", "get_image_features", "pixel_source", ".forward",
+                 ".generate", "generation_config", "per call: group_batches, merge_adapters_for_generation"):
         assert text in installed, text
     changes = list(fast_path.changes)
-    assert len(changes) == 8
+    assert len(changes) == 9
 
     trainer.remove_fast_path()
     assert trainer.fast_path is None and fast_path.changes == []
