@@ -90,6 +90,9 @@ def step_table(step: dict, size: str) -> str:
     """Per-step medians of the trainer's step per phase, each path a column, against the phase's floor."""
     paths = {name: p for name, p in step["paths"].items() if "s" in p}
     names = list(paths)
+    failed = [f"{n}: {p['error'][:80]}" for n, p in step["paths"].items() if "error" in p]
+    if not names:
+        return "\n".join(["trainer step: no path ran", *[f"FAILED {f}" for f in failed]])
     floors = step.get("floors") or {}
     stand_in = step["config"]["stand_in_models"]
     head = ["step phase", *[f"{n} s" for n in names], "floor s", *[f"{n} x floor" for n in names[1:]]]
@@ -108,7 +111,6 @@ def step_table(step: dict, size: str) -> str:
     lines.append(["peak GB", *[_fmt(paths[n]["peak_GB"], ".1f") for n in names], "", *["" for _ in names[1:]]])
     lines.append(["first step s", *[_fmt(paths[n]["first_step_s"]) for n in names], "", *["" for _ in names[1:]]])
     text = render(head, lines)
-    failed = [f"{n}: {p['error'][:80]}" for n, p in step["paths"].items() if "error" in p]
     verdicts = judge(step, size, stand_in)
     notes = []
     for name, v in verdicts.items():

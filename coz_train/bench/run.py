@@ -86,11 +86,13 @@ def run_bench(cfg: DictConfig) -> dict:
         ph.free_memory(dev)  # the phases' models, before the trainer's load
     if bench.step:
         try:
-            result["step"] = run_step_bench(cfg, dev, shape.warmup, shape.reps, out.parent / "trainer")
+            def progress(step: dict) -> None:
+                write(dict(result, step=step), out)
+
+            result["step"] = run_step_bench(cfg, dev, shape.warmup, shape.reps, out.parent / "trainer", progress)
         except Exception as err:  # the phase results stay
             log.error("step bench failed: %s", err)
             result["step"] = {"error": f"{type(err).__name__}: {err}"[:2000], "traceback": traceback.format_exc()[-4000:]}
-        write(result, out)
     write(result, out)
     print(table(result), flush=True)
     log.info("results: %s", out.resolve())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,13 @@ def perf_option(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "perf" / f"{name}.yaml"))
 
 
-def step_paths(compiled_decode: bool) -> list[tuple[str, dict]]:
+def step_paths(compiled_decode: bool, ablate: list[str] | tuple = ()) -> list[tuple[str, dict]]:
+    """(name, perf) of each path; `ablate`: switches of perf=fast left off in the fast paths."""
     fast = perf_option("fast")
+    unknown = sorted(set(ablate) - {k for k, v in fast.items() if isinstance(v, bool)})
+    if unknown:
+        raise ValueError(f"bench.ablate: {unknown} are not perf switches; choose from {sorted(fast)}.")
+    fast.update(dict.fromkeys(ablate, False))
     paths = [("plain", perf_option("plain")), ("fast", fast)]
     if compiled_decode:
         paths.append(("fast_compiled", dict(fast, compiled_decode=True)))
@@ -93,8 +98,10 @@ def step_rewards(trainer: Any) -> list[float]:
     return [round(e["reward"], 5) for e in trainer.state.log_history if "reward" in e]
 
 
-def run_step_bench(cfg: DictConfig, dev: Device, warmup: int, reps: int, out: Path) -> dict:
-    """Whole trainer steps per path (plain, fast[, fast_compiled]): medians, phases, floors, peak memory."""
+def run_step_bench(cfg: DictConfig, dev: Device, warmup: int, reps: int, out: Path,
+                   progress: Callable[[dict], None] = lambda step: None) -> dict:
+    """Whole trainer steps per path (plain, fast[, fast_compiled]): medians, phases, floors, peak memory;
+    `progress` gets the result so far after each path (a run cut off keeps what it measured)."""
     from transformers import set_seed
 
     from coz_train.hub import resolve_model
@@ -102,7 +109,7 @@ def run_step_bench(cfg: DictConfig, dev: Device, warmup: int, reps: int, out: Pa
     from coz_train.train import build_trainer, check_perf_config
 
     run_cfg, stand_in = step_config(cfg, dev, warmup + reps, out)
-    paths = step_paths(cfg.bench.compiled_decode)
+    paths = step_paths(cfg.bench.compiled_decode, list(cfg.bench.ablate))
     policy_path = resolve_model(run_cfg.policy.name_or_path, "policy.name_or_path", run_cfg.policy.revision)
     for _, perf in paths[1:]:  # every path's switches against the versions and the policy, before models load
         check_perf_config(OmegaConf.merge(run_cfg, {"perf": perf}), policy_path)
@@ -139,6 +146,7 @@ def run_step_bench(cfg: DictConfig, dev: Device, warmup: int, reps: int, out: Pa
             timer.remove()
             trainer.remove_fast_path()
             free_memory(dev)
+        progress(result)
     result["floors"] = floors_of(trainer, dev, result)
     return result
 
@@ -159,6 +167,7 @@ def step_setting(trainer: Any, cfg: DictConfig, stand_in: bool) -> dict:
     args = trainer.args
     prompts = args.per_device_train_batch_size * args.gradient_accumulation_steps // trainer.num_generations
     return dict(policy=cfg.policy.name_or_path, critic=cfg.critic.name_or_path, stand_in_models=stand_in,
+                ablate=list(cfg.bench.ablate),
                 prompts=prompts, generations=trainer.num_generations, max_completion_length=args.max_completion_length,
                 process_size=cfg.data.process_size, max_pixels=cfg.policy.max_pixels, bf16=bool(args.bf16),
                 gradient_checkpointing=bool(args.gradient_checkpointing), critic_scoring=cfg.critic.scoring,
