@@ -63,9 +63,9 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on the in-code corpus and wrap it as a Qwen-style fast tokenizer."""
-    tok = Tokenizer(models.BPE())
+def _byte_level(model: models.Model) -> Tokenizer:
+    """A tokenizer around a BPE model with Qwen2's pre-tokenizer and the byte-level decoder."""
+    tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_PATTERN), behavior="isolated"),
@@ -73,13 +73,11 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tok
+
+
+def _qwen_style(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """A fast tokenizer with Qwen's end, padding and vision tokens and the Qwen2-VL chat template."""
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -90,6 +88,19 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     fast.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return fast
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on the in-code corpus and wrap it as a Qwen-style fast tokenizer."""
+    tok = _byte_level(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return _qwen_style(tok)
 
 
 def _letter_words(length: int) -> Iterator[str]:
@@ -119,22 +130,6 @@ def build_full_vocabulary_tokenizer(ordinary_tokens: int, special_tokens: list[s
             merges.append((token[:-1], token[-1]))
             vocab[token] = len(vocab)
         length += 1
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
+    tok = _byte_level(models.BPE(vocab=vocab, merges=merges))
     tok.add_special_tokens(special_tokens)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                              "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
-    )
-    fast.chat_template = QWEN2_VL_CHAT_TEMPLATE
-    return fast
+    return _qwen_style(tok)
