@@ -120,6 +120,11 @@ def run_step_bench(cfg: DictConfig, dev: Device, warmup: int, reps: int, out: Pa
     trainer, _ = build_trainer(run_cfg)
     trainer.remove_fast_path()  # build_trainer installed perf=plain's (none); each path installs its own
     result: dict[str, Any] = {"config": step_setting(trainer, run_cfg, stand_in), "paths": {}}
+    needed = (warmup + reps) * result["config"]["prompts"]
+    if result["config"]["dataset_rows"] < needed:
+        log.warning("step bench: %d prompts for %d steps of %d: prompts repeat within a path, and the caches find "
+                    "their images (faster than a run on fresh images); give more data (data.chains_per_image)",
+                    result["config"]["dataset_rows"], warmup + reps, result["config"]["prompts"])
     start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     peak = peak_memory_reader(dev)
     for name, perf in paths:
