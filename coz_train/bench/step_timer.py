@@ -11,14 +11,16 @@ close one record per optimizer step:
     _calculate_rewards                   -> rewards    every reward function, the critic's included
     _get_per_token_logps_and_entropies   -> logps      the passes without gradients (reference, old policy)
     training_step                        -> train      the loss's forward and backward, per micro-batch
-    (on_pre_optimizer_step .. on_optimizer_step) -> optimizer
+    _clip_grad_norm, (on_pre_optimizer_step .. on_optimizer_step)
+                                         -> optimizer  gradient clipping and the optimizer step
     log                                  -> log        TRL's metrics, the run's log lines and files
-    the rest of the step                 -> other      callbacks, gradient clipping, the scheduler
+    the rest of the step                 -> other      callbacks, the scheduler
 
 Times are exclusive: a phase running inside another (the rollout inside prepare inside train) counts in the
 inner one only. `sync` (CUDA-synchronise on a GPU) runs at every boundary, so a phase holds its own kernels.
 
-The model clock holds the time inside the models: the policy's `generate` (wrapped on the policy), the
+The model clock holds the time inside the models: the policy's `generate` (wrapped on the policy) and the
+installed fast path's merged-adapter context around it (merging and restoring weights is device work), the
 critic's model calls (forward hooks on its modules), and the logps, train and optimizer phases whole. The
 rest of the step, `cpu_s`, is the CPU-side work that does not wait on the device: loading and preprocessing,
 batching, hashing, reward text handling, logging (`cpu_phases`: where it falls, the rollout and rewards
@@ -27,10 +29,12 @@ phases counted outside the models).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -45,7 +49,7 @@ PHASES = ("data", "prepare", "rollout", "rewards", "logps", "train", "optimizer"
 MODEL_PHASES = ("logps", "train", "optimizer")  # inside the models whole
 _TIMED = {"get_batch_samples": "data", "_prepare_inputs": "prepare", "_generate_single_turn": "rollout",
           "_calculate_rewards": "rewards", "_get_per_token_logps_and_entropies": "logps",
-          "training_step": "train", "log": "log"}
+          "training_step": "train", "_clip_grad_norm": "optimizer", "log": "log"}
 
 
 def critic_models(trainer: Any) -> list[torch.nn.Module]:
@@ -79,6 +83,10 @@ class StepTimer(TrainerCallback):
             self._replace(trainer, name, self._timed(getattr(trainer, name), phase), f"step timer: {phase}")
         policy = trainer.accelerator.unwrap_model(trainer.model)
         self._replace(policy, "generate", self._model_call(policy.generate, "rollout"), "step timer: model clock")
+        fast_path = getattr(trainer, "fast_path", None)
+        if fast_path is not None:  # the merged-adapter rollouts: merging and restoring weights is model work
+            self._replace(fast_path, "generating", self._model_context(fast_path.generating, "rollout"),
+                          "step timer: model clock")
         for model in critic_models(trainer):
             self._replace(model, "generate", self._model_call(model.generate, "critic"), "step timer: model clock")
             inner = unwrap(model)
@@ -179,6 +187,19 @@ class StepTimer(TrainerCallback):
 
         model_call.__qualname__ = f"StepTimer.model_call[{kind}]"
         return model_call
+
+    def _model_context(self, make: Callable[..., AbstractContextManager], kind: str) -> Callable:
+        @contextlib.contextmanager
+        def model_context(*args: Any, **kwargs: Any) -> Iterator[None]:
+            self._model_enter()
+            try:
+                with make(*args, **kwargs):
+                    yield
+            finally:
+                self._model_exit(kind)
+
+        model_context.__qualname__ = f"StepTimer.model_context[{kind}]"
+        return model_context
 
     # -- callbacks: the optimizer phase and the step records ---------------------------------------------------
 
