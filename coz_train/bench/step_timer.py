@@ -64,6 +64,9 @@ def critic_models(trainer: Any) -> list[torch.nn.Module]:
 
 
 class StepTimer(TrainerCallback):
+    """One record per optimizer step in `steps`: the step's seconds, each phase's, the model clock, the CPU share
+    (see the module's docstring). `sync` runs at every boundary, `peak_memory` once per step."""
+
     def __init__(self, sync: Callable[[], None] = lambda: None, peak_memory: Callable[[], float | None] = lambda: None):
         self.sync, self.peak_memory = sync, peak_memory
         self.changes: list[Replacement] = []
