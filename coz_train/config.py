@@ -146,9 +146,12 @@ class RewardFailureConfig:
 class PerfConfig:
     """Speed switches (docs/performance.md). Each keeps the training result of the plain path (all false)."""
 
+    load_once: bool = False  # each training row read and its images decoded once per generation batch (TRL: 8 x G)
     image_cache: bool = False  # CPU preprocessing (resize, patchify) once per distinct image, for policy and critic
+    text_cache: bool = False  # the policy processor tokenizes each distinct prompt of a call once (TRL: G copies)
     vision_cache: bool = False  # frozen vision tower: each distinct image is encoded once, reused by every pass
     vision_cache_images: int = 64  # images kept across steps (least recently used are dropped)
+    pixel_handles: bool = False  # with both caches: a handle per pixel row instead of the expanded pixel rows
     group_prefix: bool = False  # log-prob and training passes: each group's prompt runs once, its KV cache shared
     group_batches: bool = False  # micro-batches hold whole groups (shuffled by group), so group_prefix pays in training
     critic_prefix: bool = False  # critic: the images + instruction prefix runs once per group (hf backend, Qwen-VL)
@@ -160,22 +163,25 @@ class PerfConfig:
 
 @dataclass
 class BenchConfig:
-    """`python -m coz_train.bench`: one GRPO step's phases, plain against perf switches (docs/performance.md)."""
+    """`python -m coz_train.bench`: the trainer's GRPO steps plain vs fast, and phase checks (docs/performance.md)."""
 
     size: str = "tiny"  # tiny (CPU, seconds) | mid (real widths, 2 layers) | real (3B policy + 7B critic, GPU)
-    phases: list[str] = field(default_factory=lambda: ["preprocess", "vision", "rollout", "critic", "logps", "train"])
+    step: bool = True  # time whole trainer steps of the run config (conf/experiment/bench_<size>.yaml)
+    # phase checks with their own batches; null: all of them, none at bench.size=real on a CPU
+    phases: list[str] | None = None
     device: str = "auto"  # auto: the GPU if there is one | cpu | cuda:N
-    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU | bfloat16 | float32
-    groups: int | None = None  # prompts per step (default: real 8, tiny 2)
-    generations: int | None = None  # completions per prompt (default: real 8, tiny 4)
-    new_tokens: int | None = None  # completion length (default: real 64, tiny 8)
-    image_size: int | None = None  # square crop side in px (default: real 504, tiny 112)
-    warmup: int | None = None  # untimed runs per measurement (default: real 1, tiny 1)
-    reps: int | None = None  # timed runs, median reported (default: real 3, tiny 2)
+    dtype: str = "auto"  # phase checks: auto (bfloat16 on a GPU, float32 on the CPU) | bfloat16 | float32
+    groups: int | None = None  # phase checks: prompts per step (default: real 8, tiny 2)
+    generations: int | None = None  # phase checks: completions per prompt (default: real 8, tiny 4)
+    new_tokens: int | None = None  # phase checks: completion length (default: real 64, tiny 8)
+    image_size: int | None = None  # phase checks: square crop side in px (default: real 504, tiny 112)
+    warmup: int | None = None  # untimed runs (steps) per measurement (default: real 1, tiny 1)
+    reps: int | None = None  # timed runs (steps), median reported (default: real 3, tiny 2)
     check: bool = True  # equality checks of every optimised phase against the plain one (float32); false: none
     critic_scoring: str = "logits"  # critic phase: logits (next-token logits) | generate (greedy critic.max_new_tokens)
     static_cache: bool = False  # also time the fast rollout with a static KV cache (report only, not compiled: as TRL)
-    compiled_decode: bool = False  # also time the fast rollout with perf.compiled_decode (report only; the first compiles)
+    compiled_decode: bool = False  # also the step (and rollout phase) with perf.compiled_decode; the first compiles
+    ablate: list[str] = field(default_factory=list)  # perf switches turned off in the step's fast paths (what each buys)
     out: str = "bench.json"  # relative to the run folder
 
 

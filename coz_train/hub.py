@@ -1,7 +1,8 @@
 """Resolving model names to something loadable, failing in seconds with what to do.
 
-A model is a hub id, a local folder, or `tiny:<arch>[@seed]` (built offline, see
-`coz_train.tiny.models`). Before any weights load we check that the model's config can be had:
+A model is a hub id, a local folder, `tiny:<arch>[@seed]` (built offline, see
+`coz_train.tiny.models`) or `random:<hub id>[:<N>layers][@seed]` (the real architecture from a config that
+ships in the package, random weights, built offline: `coz_train.tiny.random_models`). Before any weights load we check that the model's config can be had:
 from a local folder, the local hub cache, or one quick request to the hub. Offline or with a
 wrong path the run stops here with a message naming the config key, instead of failing after
 minutes of data preparation or halfway through loading the other model.
@@ -15,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from coz_train.tiny.models import TINY_PREFIX, ensure_tiny_model
+from coz_train.tiny.published import CONFIGS as PUBLISHED_CONFIGS
+from coz_train.tiny.random_models import RANDOM_PREFIX, ensure_random_model
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -28,6 +31,8 @@ def _explain(name: str, key: str, reason: str, local: bool = False) -> str:
         f"  - {fetch}\n"
         f"  - or point {key} at a local copy: {key}=/path/to/model\n"
         f"  - or run the offline pipeline with tiny models: python -m coz_train +experiment=smoke"
+        + (f"\n  - or the same architecture with random weights (speed, memory): {key}=random:{name}"
+           if name in PUBLISHED_CONFIGS else "")
     )
 
 
@@ -46,6 +51,8 @@ def resolve_model(name: str, key: str, revision: str | None = None) -> str:
     """Return a local folder or hub id that `from_pretrained` can load, or raise with advice."""
     if name.startswith(TINY_PREFIX):
         return ensure_tiny_model(name)
+    if name.startswith(RANDOM_PREFIX):
+        return ensure_random_model(name)
     path = Path(name).expanduser()
     if path.exists() or name.startswith(("/", "./", "../", "~")):
         if not (path / "config.json").is_file():

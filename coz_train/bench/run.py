@@ -1,9 +1,14 @@
-"""Run the benchmark: build the models from config, time each phase plain vs fast, check, report."""
+"""Run the benchmark: phase checks on models built from config (`phases/`), then whole trainer steps (`step.py`).
+
+The phase checks come first (the critic's model is freed before the policy's is built), the trainer's steps
+last; `bench.json` is written after each, so a run cut off keeps what it measured.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import traceback
 from pathlib import Path
@@ -14,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from coz_train.bench import phases as ph
 from coz_train.bench.phases import PHASES
-from coz_train.bench.report import step_summary, table, write
+from coz_train.bench.report import table, write
 from coz_train.bench.workload import SIZES, build_model, grpo_batch, processor_for, shape_of
 
 log = logging.getLogger(__name__)
@@ -49,29 +54,73 @@ def build_policy(cfg: DictConfig, spec: dict, tokenizer: Any, device: torch.devi
     return policy.eval()
 
 
-def run_bench(cfg: DictConfig) -> dict:
-    bench = cfg.bench
+def wanted_phases(bench: DictConfig, device: torch.device) -> list[str]:
+    """bench.phases in a step's order; by default all of them, none at bench.size=real on a CPU (the real
+    models do not run there: the step's CPU share is measured with stand-ins)."""
+    if bench.phases is None:
+        return [] if bench.size == "real" and device.type == "cpu" else list(PHASES)
     unknown = sorted(set(bench.phases) - set(PHASES))
     if unknown:
         raise ValueError(f"bench.phases: unknown {unknown}; choose from {list(PHASES)}.")
+    return [p for p in PHASES if p in bench.phases]
+
+
+def run_bench(cfg: DictConfig) -> dict:
+    from coz_train.bench.step import run_step_bench
+
+    bench = cfg.bench
     if bench.critic_scoring not in ph.CRITIC_SCORING:
         raise ValueError(f"bench.critic_scoring='{bench.critic_scoring}' is not one of {', '.join(ph.CRITIC_SCORING)}.")
     shape = shape_of(bench)
     device, dtype = device_and_dtype(bench)
+    wanted = wanted_phases(bench, device)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     out = Path(cfg.output_dir) / bench.out
     torch.manual_seed(cfg.seed)
     dev = ph.measure_device(device, dtype)
+    result: dict[str, Any] = {"meta": meta(cfg, shape, dev), "phases": {}, "step": None}
+    log.info("bench %s on %s (%s)", bench.size, result["meta"]["device_name"], dtype)
+    if wanted:
+        run_phases(cfg, wanted, shape, dev, result, out)
+        ph.free_memory(dev)  # the phases' models, before the trainer's load
+    if bench.step:
+        try:
+            def progress(step: dict) -> None:
+                write(dict(result, step=step), out)
+
+            result["step"] = run_step_bench(cfg, dev, shape.warmup, shape.reps, out.parent / "trainer", progress)
+        except Exception as err:  # the phase results stay
+            log.error("step bench failed: %s", err)
+            result["step"] = {"error": f"{type(err).__name__}: {err}"[:2000], "traceback": traceback.format_exc()[-4000:]}
+    write(result, out)
+    print(table(result), flush=True)
+    log.info("results: %s", out.resolve())
+    return result
+
+
+def failures(result: dict) -> list[str]:
+    """Phases that failed or whose check did not pass, and step paths that failed."""
+    failed = [name for name, phase in result["phases"].items()
+              if "error" in phase or not (phase.get("check") or {}).get("passed", True)]
+    step = result.get("step") or {}
+    if "error" in step:
+        failed.append("step")
+    failed += [f"step/{name}" for name, path in step.get("paths", {}).items() if "error" in path]
+    return failed
+
+
+def run_phases(cfg: DictConfig, wanted: list[str], shape: Any, dev: ph.Device, result: dict, out: Path) -> None:
+    """The phase checks, each on its own batch: preprocessing on the CPU, then the critic (freed before the
+    policy is built), then the policy phases."""
+    bench = cfg.bench
     processor = processor_for(shape)
     S = shape.image_size
     batch = grpo_batch(processor, shape.groups, shape.generations, shape.new_tokens, cfg.seed,
-                       image_sizes=[((S, S), (S, S))] * shape.groups, ragged=False, device=device)
-    result: dict[str, Any] = {"meta": meta(cfg, shape, dev, batch), "phases": {}}
-    log.info("bench %s on %s (%s): %s", bench.size, result["meta"]["device_name"], dtype, result["meta"]["shape"])
+                       image_sizes=[((S, S), (S, S))] * shape.groups, ragged=False, device=dev.device)
+    result["meta"]["phase_batch"] = dict(prompt_tokens=int(batch["input_ids"].shape[1] - shape.new_tokens),
+                                         image_tokens_per_image=int(batch["image_grid_thw"][0].prod()) // 4)
     spec = SIZES[bench.size]
-    # CPU preprocessing first, then the critic (freed before the policy trains), then the policy phases
-    wanted = [p for p in PHASES if p in bench.phases]
     runner = None
     if "preprocess" in wanted:
         processors = tuple(processor_for(shape) for _ in range(4))
@@ -82,15 +131,10 @@ def run_bench(cfg: DictConfig) -> dict:
                                                             scoring=bench.critic_scoring, check=bench.check), out, dev)
     for name in [p for p in wanted if p in ph.POLICY_PHASES]:
         if runner is None:
-            policy = build_policy(cfg, spec["policy"], processor.tokenizer, device, dtype)
+            policy = build_policy(cfg, spec["policy"], processor.tokenizer, dev.device, dev.dtype)
             runner = ph.PolicyBench(dev, shape, processor, batch, policy, static_cache=bench.static_cache,
                                     check=bench.check, compiled_decode=bench.compiled_decode)
         run_phase(result, name, functools.partial(ph.POLICY_PHASES[name], runner), out, dev)
-    result["step"] = step_summary(result["phases"], bench.size)
-    write(result, out)
-    print(table(result), flush=True)
-    log.info("results: %s", out.resolve())
-    return result
 
 
 def run_phase(result: dict, name: str, fn: Any, out: Path, dev: ph.Device) -> None:
@@ -108,7 +152,7 @@ def run_phase(result: dict, name: str, fn: Any, out: Path, dev: ph.Device) -> No
     write(result, out)
 
 
-def meta(cfg: DictConfig, shape: Any, dev: Any, batch: dict) -> dict:
+def meta(cfg: DictConfig, shape: Any, dev: Any) -> dict:
     import transformers
     import trl
 
@@ -116,8 +160,7 @@ def meta(cfg: DictConfig, shape: Any, dev: Any, batch: dict) -> dict:
     return dict(
         size=cfg.bench.size, device=str(dev.device), device_name=name, dtype=str(dev.dtype).removeprefix("torch."),
         matmul_TFLOPs=round(dev.peak_flops / 1e12, 2), copy_GBps=round(dev.bandwidth / 1e9, 1),
-        shape=vars(shape), prompt_tokens=int(batch["input_ids"].shape[1] - shape.new_tokens),
-        image_tokens_per_image=int(batch["image_grid_thw"][0].prod()) // 4,
+        phase_shape=vars(shape), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
         versions=dict(torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__),
         config=OmegaConf.to_container(cfg.bench, resolve=True),
     )

@@ -2,9 +2,13 @@
 `trainer.install_fast_path(...)` and taken off again with `trainer.remove_fast_path()`.
 
 `install` makes every run-time change the switches need and logs each one:
+- `load_once`: the trainer's training dataset becomes a `RowsOnce` over it (`coz_train.perf.load_once`);
 - `image_cache`: the processor's image processor becomes a `CachedImageProcessor` (`coz_train.perf.image_cache`);
+- `text_cache`: the processor's tokenizer becomes a `DedupTokenizer` (`coz_train.perf.text_cache`);
 - `vision_cache`: the policy's (and the reference model's) `get_image_features` becomes a content-keyed
   `VisionFeatureCache` (`coz_train.perf.vision_cache`);
+- `pixel_handles`: the cached image processor hands out pixel handles and the vision caches read the pixels
+  from it (`coz_train.perf.image_cache`); needs `image_cache` and `vision_cache`;
 - `group_prefix`: the models' `forward` accepts the group-shared log-prob spec (`coz_train.perf.group_prefix`);
 - `rollout_prefix`: the policy's `generate` prefills each distinct prompt once (`coz_train.perf.rollout_prefix`);
 - `compiled_decode`: the trainer's generation config asks for a static cache and compiled decode steps.
@@ -29,22 +33,26 @@ from coz_train.perf.compiled_decode import compiled_generation_config
 from coz_train.perf.group_batches import group_shuffle
 from coz_train.perf.group_prefix import install_group_prefix
 from coz_train.perf.image_cache import install_image_cache
+from coz_train.perf.load_once import RowsOnce
 from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.replacement import Replacement, replaced
 from coz_train.perf.rollout_prefix import install_rollout_prefix
+from coz_train.perf.text_cache import install_text_cache
 from coz_train.perf.vision_cache import install_vision_cache
 
 log = logging.getLogger(__name__)
 
-SWITCHES = ("image_cache", "vision_cache", "group_prefix", "group_batches", "merge_adapters_for_generation",
-            "rollout_prefix", "compiled_decode")
+SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
+            "group_batches", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 
 
 class FastPath:
     def __init__(self, perf: Mapping | None):
         self.switches = {name: bool((perf or {}).get(name, False)) for name in SWITCHES}
         self.vision_cache_images = int((perf or {}).get("vision_cache_images", 64))
+        # with pixel handles the image cache holds every image whose handle the vision caches may still resolve
+        self.image_cache_images = max(64, self.vision_cache_images)
         self.changes: list[Replacement] = []
         self.image_cache = None
         self.vision_caches: list = []
@@ -68,15 +76,25 @@ class FastPath:
         models = [("policy", trainer.model)] + ([("reference", trainer.ref_model)] if trainer.ref_model is not None
                                                 else [])
         processor = trainer.processing_class
+        if self.on("load_once"):
+            keep = trainer.args.generation_batch_size // trainer.num_generations  # distinct rows per generation batch
+            self.changes.append(Replacement(trainer, "train_dataset", RowsOnce(trainer.train_dataset, keep),
+                                            "load_once").apply())
         if self.on("image_cache") and getattr(processor, "image_processor", None) is not None:
+            handles = self.on("pixel_handles")
             self.image_cache = self._record(processor, "image_processor", "image_cache",
-                                            lambda: install_image_cache(processor))
+                                            lambda: install_image_cache(processor, self.image_cache_images, handles))
+        if self.on("text_cache") and getattr(processor, "tokenizer", None) is not None:
+            self._record(processor, "tokenizer", "text_cache", lambda: install_text_cache(processor))
         if self.on("vision_cache"):
             for role, model in models:
                 inner = unwrap(model).model
                 self.vision_caches.append(self._record(
                     inner, "get_image_features", f"vision_cache, {role}",
                     lambda m=model: install_vision_cache(m, self.vision_cache_images)))
+                if self.on("pixel_handles"):
+                    self.changes.append(Replacement(self.vision_caches[-1], "pixel_source", self.image_cache,
+                                                    "pixel_handles").apply())
         if self.on("group_prefix"):
             for role, model in models:
                 self._record(unwrap(model), "forward", f"group_prefix, {role}", lambda m=model: install_group_prefix(m))
@@ -114,6 +132,9 @@ class FastPath:
 
     def refuse_unsupported(self, trainer: Any, zero3: bool) -> None:
         """Combinations that cannot work, refused before anything is changed."""
+        if self.on("pixel_handles") and not (self.on("image_cache") and self.on("vision_cache")):
+            raise ValueError("perf.pixel_handles=true needs perf.image_cache=true (it hands out the handles) and "
+                             "perf.vision_cache=true (it reads them).")
         for switch, why in (("vision_cache", "a rank whose images are all cached would skip the vision tower's "
                                              "parameter gathers the other ranks wait for"),
                             ("merge_adapters_for_generation", "the weights are sharded"),

@@ -15,8 +15,8 @@ import importlib.metadata
 from typing import Any
 
 TESTED = {"transformers": "5.24", "trl": "1.16"}  # major.minor
-SWITCHES = ("image_cache", "vision_cache", "group_prefix", "group_batches", "critic_prefix",
-            "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
+SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
+            "group_batches", "critic_prefix", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 
 
 def minor(version: str) -> str:

@@ -11,6 +11,12 @@ relative offsets (read in one gather), and a key match is confirmed with an exac
 on all its pixels before the stored embedding is used. Embeddings are kept across
 steps up to `max_images` (least recently used dropped first).
 
+With pixel handles (`perf.pixel_handles`: `pixel_source` set to the processor's `CachedImageProcessor` in
+handle mode) the `pixel_values` it gets are an int64 [rows, 1] handle per row (see `coz_train.perf.image_cache`):
+an image's key is its handle, which names one stored, preprocessed image, and a miss runs the tower on the
+pixels the source holds for it. Nothing is compared pixel by pixel, and no pixel rows reach the device but
+those of the images the tower runs on.
+
 `install_vision_cache(model, max_images)` patches the model's `get_image_features`; it refuses a
 model whose vision tower or merger has trainable weights (`policy.freeze_vision_tower=false`,
 `policy.freeze_projector=false`, or a LoRA that targets vision modules).
@@ -47,6 +53,7 @@ class VisionFeatureCache:
         self.compute = inner.model.get_image_features  # the model's own method
         self.entries: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.hits = self.misses = 0
+        self.pixel_source: Any = None  # a CachedImageProcessor in handle mode (perf.pixel_handles)
 
     def _fingerprints(self, pixel_values: torch.Tensor, rows: list[int]) -> list[tuple]:
         """Per image: its row count and SAMPLES exact pixel values at fixed relative offsets (one gather, one sync)."""
@@ -67,11 +74,12 @@ class VisionFeatureCache:
                 return features
         return None
 
-    def store(self, key: tuple, pixels: torch.Tensor, features: torch.Tensor) -> None:
+    def store(self, key: tuple, pixels: torch.Tensor | None, features: torch.Tensor) -> None:
         if self.max_images == 0:
             return
-        # copies: views would keep the whole batch's pixel and feature tensors alive
-        self.entries.setdefault(key, []).append((pixels.detach().clone(), features.detach().clone()))
+        # copies: views would keep the whole batch's pixel and feature tensors alive (a handle's key needs no pixels)
+        kept = None if pixels is None else pixels.detach().clone()
+        self.entries.setdefault(key, []).append((kept, features.detach().clone()))
         self.entries.move_to_end(key)
         while sum(len(v) for v in self.entries.values()) > self.max_images:
             self.entries.popitem(last=False)
@@ -84,6 +92,8 @@ class VisionFeatureCache:
 
         if image_grid_thw is None or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             return self.compute(pixel_values, image_grid_thw, **kwargs)
+        if self.pixel_source is not None and is_handles(pixel_values):
+            return self.from_handles(pixel_values, image_grid_thw)
         rows = image_grid_thw.prod(-1).tolist()
         images = torch.split(pixel_values, rows)
         keys = self._fingerprints(pixel_values, rows)
@@ -113,6 +123,41 @@ class VisionFeatureCache:
             elif i not in first_of:
                 self.hits += 1
         return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=tuple(found))
+
+
+    def from_handles(self, handles: torch.Tensor, image_grid_thw: torch.Tensor) -> Any:
+        """Features of images given by pixel handles: by handle from the cache, the tower run on the misses'
+        stored pixels (each distinct handle once)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        rows = image_grid_thw.prod(-1)
+        starts = torch.cumsum(rows, 0) - rows
+        ids = handles[starts.to(handles.device), 0]
+        if not torch.equal(handles[:, 0], torch.repeat_interleave(ids, rows.to(handles.device))):
+            raise ValueError("pixel handles: an image's rows hold different handles (pixel rows cut mid-image?)")
+        keys = [("handle", h) for h in ids.tolist()]
+        found: dict[tuple, torch.Tensor] = {}
+        for key in dict.fromkeys(keys):
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                found[key] = self.entries[key][0][1]
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing:
+            pixels = [self.pixel_source.pixels_of(h) for _, h in missing]
+            grid = image_grid_thw[[keys.index(k) for k in missing]]
+            with torch.no_grad():
+                out = self.compute(torch.cat(pixels).to(image_grid_thw.device), grid, return_dict=True)
+            for key, features in zip(missing, out.pooler_output, strict=True):
+                found[key] = features
+                self.store(key, None, features)
+            self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=tuple(found[k] for k in keys))
+
+
+def is_handles(pixel_values: torch.Tensor) -> bool:
+    """Pixel handles (`coz_train.perf.image_cache`): an int64 [rows, 1] tensor; pixel rows are floating point."""
+    return pixel_values.dtype == torch.int64 and pixel_values.ndim == 2 and pixel_values.shape[1] == 1
 
 
 def install_vision_cache(model: Any, max_images: int) -> VisionFeatureCache:

@@ -8,6 +8,10 @@ experiment cannot download one, so this module trains a tiny tokenizer on an in-
 
 from __future__ import annotations
 
+import itertools
+import string
+from collections.abc import Iterator
+
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -59,9 +63,9 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on the in-code corpus and wrap it as a Qwen-style fast tokenizer."""
-    tok = Tokenizer(models.BPE())
+def _byte_level(model: models.Model) -> Tokenizer:
+    """A tokenizer around a BPE model with Qwen2's pre-tokenizer and the byte-level decoder."""
+    tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_PATTERN), behavior="isolated"),
@@ -69,13 +73,11 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tok
+
+
+def _qwen_style(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """A fast tokenizer with Qwen's end, padding and vision tokens and the Qwen2-VL chat template."""
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -86,3 +88,48 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     fast.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return fast
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on the in-code corpus and wrap it as a Qwen-style fast tokenizer."""
+    tok = _byte_level(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return _qwen_style(tok)
+
+
+def _letter_words(length: int) -> Iterator[str]:
+    """Lower-case words of `length` letters in alphabetical order."""
+    return ("".join(chars) for chars in itertools.product(string.ascii_lowercase, repeat=length))
+
+
+def build_full_vocabulary_tokenizer(ordinary_tokens: int, special_tokens: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with a real model's vocabulary size and its special tokens at their real ids.
+
+    The ordinary tokens are the 256 byte symbols and then space-led lower-case words (" a" .. " z",
+    " aa" .. " zzz", then four-letter words in alphabetical order) up to `ordinary_tokens`; the special
+    tokens follow from id `ordinary_tokens` on, in order. Each word has the merges that build it from its
+    letters left to right, so the text a random model writes (a sequence of such words) encodes back to
+    as many tokens as it had, as a real tokenizer's output does; other text goes to shorter words and bytes.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    space = "\u0120"  # the byte-level symbol of " "
+    merges: list[tuple[str, str]] = []
+    length = 1
+    while len(vocab) < ordinary_tokens:
+        for word in _letter_words(length):
+            if len(vocab) == ordinary_tokens:
+                break
+            token = space + word
+            merges.append((token[:-1], token[-1]))
+            vocab[token] = len(vocab)
+        length += 1
+    tok = _byte_level(models.BPE(vocab=vocab, merges=merges))
+    tok.add_special_tokens(special_tokens)
+    return _qwen_style(tok)

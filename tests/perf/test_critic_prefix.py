@@ -6,6 +6,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from coz_train.perf import critic_prefix
+from coz_train.perf.prefix import unwrap
 from coz_train.rewards.critic import HFCritic, build_critic_reward, critic_device
 
 TEXTS = ["fur", "red bricks on an old wall with green moss", "a blue sky",
@@ -145,19 +146,25 @@ def test_generate_refuses_options_it_does_not_reproduce(critic, image_sets):
 
 @pytest.mark.parametrize("scoring", ["logits", "generate"])
 def test_critic_reward_scores_equal_with_and_without_shared_prefix(make_config, image_sets, scoring):
+    """perf=fast's critic (shared prefix, image cache, pixel handles read by a vision cache on the critic) against
+    the plain one."""
     images = [image_sets["ab"[i % 2]] for i in range(len(TEXTS))] + [image_sets["c"]]
     completions = [*TEXTS, [{"role": "assistant", "content": "a cat"}]]
     out, answers = {}, {}
     for on in (False, True):
-        cfg = make_config("+experiment=smoke", f"perf.critic_prefix={str(on).lower()}", f"critic.scoring={scoring}",
+        cfg = make_config("+experiment=smoke", "perf=fast" if on else "perf=plain", f"critic.scoring={scoring}",
                           "critic.device=cpu")
         reward = build_critic_reward({}, cfg)
         assert reward.backend.shared_prefix is on
+        vision = unwrap(reward.backend.model).model.__dict__.get("get_image_features")
+        assert (vision is not None and vision.pixel_source is reward.backend.processor.image_processor) is on
         texts = [*TEXTS, "a cat"]
         # generate mode on a random tiny critic scores nothing, which the reward refuses: compare the backend's scores
         out[on] = reward(completions=completions, images=images) if scoring == "logits" else reward.backend.score(images, texts)
         convs = [reward.backend.conversation(imgs, text) for imgs, text in zip(images, texts, strict=True)]
         answers[on] = reward.backend.generate(convs, cfg.critic.max_new_tokens).tokens  # HFCritic dispatch
+        if on:
+            assert vision.misses == 6 and vision.hits > 0  # 3 image pairs, each image through the tower once
     if scoring == "logits":
         assert all(s is not None for s in out[True])
         assert out[True] == pytest.approx(out[False], rel=1e-5)

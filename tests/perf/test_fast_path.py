@@ -9,6 +9,7 @@ import pytest
 
 from coz_train.perf.fast_path import FastPath
 from coz_train.perf.image_cache import CachedImageProcessor
+from coz_train.perf.load_once import RowsOnce
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.replacement import Replacement
 from coz_train.perf.vision_cache import VisionFeatureCache
@@ -28,11 +29,13 @@ def test_install_logs_each_change_and_remove_puts_every_object_back(make_config,
     assert isinstance(inner.model.__dict__["get_image_features"], VisionFeatureCache)
     assert {"forward", "generate"} <= set(inner.__dict__)
     installed = next(r.getMessage() for r in caplog.records if "fast path installed" in r.getMessage())
-    for text in ("image_processor", "get_image_features", ".forward", ".generate",
-                 "generation_config", "per call: group_batches, merge_adapters_for_generation"):
+    dataset = trainer.train_dataset
+    assert isinstance(dataset, RowsOnce) and fast_path.vision_caches[0].pixel_source is fast_path.image_cache
+    for text in ("train_dataset", "image_processor", ".tokenizer", "get_image_features", "pixel_source", ".forward",
+                 ".generate", "generation_config", "per call: group_batches, merge_adapters_for_generation"):
         assert text in installed, text
     changes = list(fast_path.changes)
-    assert len(changes) == 6
+    assert len(changes) == 9
 
     trainer.remove_fast_path()
     assert trainer.fast_path is None and fast_path.changes == []
@@ -43,6 +46,7 @@ def test_install_logs_each_change_and_remove_puts_every_object_back(make_config,
     for change in changes:  # each owner holds exactly what it held before (its own object, or nothing)
         assert Replacement.own_value(change.owner, change.name) is change.previous, change
     assert trainer.generation_config.disable_compile  # TRL's own config again
+    assert trainer.train_dataset is dataset.dataset and fast_path.vision_caches[0].pixel_source is None
 
     # installable again, on the same trainer
     again = trainer.install_fast_path(FastPath({"image_cache": True}))

@@ -156,7 +156,7 @@ def test_merged_adapters_restore_bf16_weights_where_peft_unmerge_does_not(make_p
 def switch_calls(monkeypatch):
     """Counts of the perf code paths a run goes through, and the trainer that train() built."""
     calls = {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0, "trainers": [], "fast_paths": [],
-             "generation_configs": []}
+             "generation_configs": [], "changes": {}}
 
     def counting(module, name):
         original = getattr(module, name)
@@ -175,6 +175,7 @@ def switch_calls(monkeypatch):
         trainer, resume = build_trainer(cfg, *args)
         calls["trainers"].append(trainer)
         calls["fast_paths"].append(trainer.fast_path)
+        calls["changes"][id(trainer.fast_path)] = list(trainer.fast_path.changes)  # remove() empties the list
         calls["generation_configs"].append(trainer.generation_config)  # the one the run generated with
         return trainer, resume
 
@@ -217,6 +218,13 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     assert plain_path.vision_caches == [] and fast_path.vision_caches[0].hits > 0
     assert plain_path.image_cache is None and fast_path.image_cache.hits > 0
     assert plain_path.rollout_prefix is None and fast_path.rollout_prefix.calls == 3  # one per step
+    # load_once: the generation batch's distinct rows read once per step, not once per micro-batch and copy
+    rows_once = next(c.value for c in switch_calls["changes"][id(fast_path)] if c.name == "train_dataset")
+    # 3 steps and the one accelerate reads ahead: 2 prompts each, each asked for 4 times (its G copies)
+    assert rows_once.reads == 4 * 2 and rows_once.requests == 4 * 8
+    # pixel handles: the vision cache read the image cache's pixels (remove() has unset it since)
+    assert fast_path.image_cache.handles and any(c.name == "pixel_source" and c.value is fast_path.image_cache
+                                                 for c in switch_calls["changes"][id(fast_path)])
 
     # compiled decode: TRL's generation config (compilation off) replaced by a static-cache, compiled one
     assert plain_generation.disable_compile and fast_generation.disable_compile

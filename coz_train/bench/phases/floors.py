@@ -1,7 +1,8 @@
 """The floors: the least time a phase could take on this device, from the work it must do.
 
-A compute floor is the FLOPs of the tokens that must run over the measured matmul FLOP/s; a decode
-floor is the weight bytes each decode step reads over the measured copy bandwidth (docs/performance.md).
+A compute floor is the FLOPs of the tokens that must run over the measured matmul FLOP/s; a decode floor is
+the weight bytes each decode step reads over the measured copy bandwidth (docs/performance.md). `step_floors`
+gives them for the phases of a whole trainer step.
 """
 
 from __future__ import annotations
@@ -33,3 +34,23 @@ def decode_bytes_of(inner: Any) -> int:
 def flops_floor(dev: Device, params: int, tokens: int, passes: float = 2.0) -> float:
     """`passes` x params FLOPs per token: 2 for a forward, 4 with the backward included."""
     return passes * params * tokens / dev.peak_flops
+
+
+def step_floors(dev: Device, policy: Any, critic: Any | None, work: dict, unique_patches: int, logp_passes: int) -> dict:
+    """The floor of each timed phase of a whole trainer step (`coz_train.bench.step_timer`) for its work:
+    rollout = decode weight reads + each prompt's prefill once + each image through the tower once; rewards =
+    the critic's forward over each group's prefix once (its images and a prompt-length instruction, estimated
+    as the policy prompt's length) and every candidate; logps = `logp_passes` forwards and train = a forward
+    and backward over each prompt once and every completion. CPU phases have none (0)."""
+    lm, vision = lm_params_of(policy), params_of(policy.model.visual)
+    tokens = work["distinct_prompt_tokens"] + work["completion_tokens"]
+    floors = dict.fromkeys(("data", "prepare", "log", "other", "optimizer"), 0.0)
+    floors["rollout"] = (max(0, work["max_completion_tokens"] - 1) * decode_bytes_of(policy) / dev.bandwidth
+                         + flops_floor(dev, lm, work["distinct_prompt_tokens"])
+                         + flops_floor(dev, vision, unique_patches))
+    floors["rewards"] = 0.0 if critic is None else (
+        flops_floor(dev, lm_params_of(critic), tokens) + flops_floor(dev, params_of(critic.model.visual), unique_patches))
+    floors["logps"] = logp_passes * flops_floor(dev, lm, tokens)
+    floors["train"] = flops_floor(dev, lm, tokens, 4.0)
+    floors["step"] = sum(floors.values())
+    return floors

@@ -67,6 +67,7 @@ from coz_train.rewards.critic.reward import (
     CriticReward,
     build_critic_reward,
     critic_prefix_wanted,
+    install_critic_switches,
     load_critic_backend,
     with_instruction,
 )
@@ -74,5 +75,6 @@ from coz_train.rewards.critic.reward import (
 __all__ = [
     "BACKENDS", "CriticRequestError", "CriticReward", "CriticScoringError", "CriticUnavailableError", "HFCritic", "InternVLRemoteCritic",
     "ServerCritic", "build_critic_reward", "critic_device", "critic_prefix_wanted", "expected_score",
-    "instruction_text", "load_critic_backend", "parse_score", "png_data_url", "with_instruction",
+    "install_critic_switches", "instruction_text", "load_critic_backend", "parse_score", "png_data_url",
+    "with_instruction",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from coz_train.perf.prefix import unwrap
+from coz_train.perf.replacement import Replacement
 from coz_train.rewards.batches import in_batches
 from coz_train.rewards.critic.client import ServerCritic
 from coz_train.rewards.critic.common import BROKEN_LOAD_HINT, CriticScoringError, critic_device
@@ -72,6 +74,40 @@ def critic_prefix_wanted(cfg: DictConfig) -> bool:
     return wanted
 
 
+def install_critic_switches(backend: Any, perf: Any) -> list[Replacement]:
+    """The `perf` switches of an `hf` critic backend, each change made and returned (undo them to take the
+    switches off): `perf.critic_prefix` (shared-prefix scoring), `perf.image_cache` (its processor's image
+    cache), and with both caches' `perf.pixel_handles` a frozen-vision feature cache on the critic reading the
+    processor's pixel handles (its vision tower is frozen like the rest of it)."""
+    from coz_train.perf.image_cache import install_image_cache
+    from coz_train.perf.prefix import check_supported
+    from coz_train.perf.vision_cache import install_vision_cache
+
+    perf = perf or {}
+    changes: list[Replacement] = []
+
+    def recorded(owner: Any, name: str, reason: str, install: Any) -> Any:
+        before = Replacement.own_value(owner, name)
+        result = install()
+        if Replacement.own_value(owner, name) is not before:
+            changes.append(Replacement.observed(owner, name, reason, before))
+        return result
+
+    if perf.get("critic_prefix") and not backend.shared_prefix:
+        check_supported(backend.model, "perf.critic_prefix")
+        changes.append(Replacement(backend, "shared_prefix", True, "critic_prefix").apply())
+    if perf.get("image_cache"):
+        handles = bool(perf.get("pixel_handles"))
+        cache = recorded(backend.processor, "image_processor", "image_cache",
+                         lambda: install_image_cache(backend.processor, handles=handles))
+        if handles:
+            inner = unwrap(backend.model)
+            vision = recorded(inner.model, "get_image_features", "pixel_handles, critic",
+                              lambda: install_vision_cache(backend.model, int(perf.get("vision_cache_images", 64))))
+            changes.append(Replacement(vision, "pixel_source", cache, "pixel_handles").apply())
+    return changes
+
+
 def load_critic_backend(cfg: DictConfig) -> Any:
     """The critic of the `critic` group, loaded frozen on critic.device (or a client of critic.url)."""
     critic = cfg.critic
@@ -84,12 +120,10 @@ def load_critic_backend(cfg: DictConfig) -> Any:
         backend = ServerCritic(critic)
         log.info("Critic %s at %s (%s scoring)", backend.model_name, backend.url, critic.scoring)
         return backend
-    extra = {"shared_prefix": True} if shared_prefix else {}
-    backend = BACKENDS[critic.backend](critic, critic_device(critic.device), **extra)
-    if critic.backend == "hf" and cfg.get("perf") is not None and cfg.perf.get("image_cache", False):
-        from coz_train.perf.image_cache import install_image_cache
-
-        install_image_cache(backend.processor)
+    backend = BACKENDS[critic.backend](critic, critic_device(critic.device))
+    if critic.backend == "hf":
+        for change in install_critic_switches(backend, cfg.get("perf")):
+            log.info("critic: %s", change)
     log.info("Critic %s loaded (%s backend, %s scoring%s)", critic.name_or_path, critic.backend, critic.scoring,
              ", shared prefix" if shared_prefix else "")
     return backend
