@@ -133,8 +133,11 @@ class FastPath:
     def refuse_unsupported(self, trainer: Any, zero3: bool) -> None:
         """Combinations that cannot work, refused before anything is changed."""
         if self.on("pixel_handles") and not (self.on("image_cache") and self.on("vision_cache")):
-            raise ValueError("perf.pixel_handles=true needs perf.image_cache=true (it hands out the handles) and "
-                             "perf.vision_cache=true (it reads them).")
+            # e.g. `perf=fast perf.vision_cache=false` (what the ZeRO-3 refusal advises): the handles have nothing
+            # to ride on, so the switch steps aside rather than stopping the run
+            log.info("perf.pixel_handles steps aside: it needs perf.image_cache (which hands out the handles) and "
+                     "perf.vision_cache (which reads them), and one of them is off.")
+            self.switches["pixel_handles"] = False
         for switch, why in (("vision_cache", "a rank whose images are all cached would skip the vision tower's "
                                              "parameter gathers the other ranks wait for"),
                             ("merge_adapters_for_generation", "the weights are sharded"),

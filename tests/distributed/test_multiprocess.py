@@ -89,7 +89,7 @@ def test_deepspeed_zero3_with_the_shared_prefix_passes(tmp_path):
     pytest.importorskip("deepspeed", reason="install the `distributed` extra (deepspeed) to run ZeRO tests")
     config = str(REPO / "recipes" / "accelerate_configs" / "zero3.yaml")
     run = launch(tmp_path, "--config_file", config, timeout=1200,
-                 overrides=["perf=fast", "perf.merge_adapters_for_generation=false", "perf.vision_cache=false"])
+                 overrides=["perf=fast", "perf.merge_adapters_for_generation=false", "perf.vision_cache=false"])  # pixel handles step aside
     check_two_ranks(tmp_path, run, zero_stage=3)
     refused = tmp_path / "refused"
     refused.mkdir()

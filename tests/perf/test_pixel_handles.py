@@ -75,10 +75,23 @@ def test_handles_cut_mid_image_or_no_longer_held_are_refused(make_policy, make_b
     vision.clear()
 
 
-def test_pixel_handles_need_both_caches(make_config):
+def test_pixel_handles_step_aside_without_both_caches(make_config, caplog):
+    """`perf=fast perf.vision_cache=false` (the ZeRO-3 advice) runs: the handles have nothing to ride on, so that
+    switch steps aside, says so, and the image cache hands out plain pixel rows."""
+    from coz_train.perf.image_cache import CachedImageProcessor
     from coz_train.train import build_trainer
 
     trainer, _ = build_trainer(make_config("+experiment=smoke", "logging.wandb=false", "perf=plain"))
-    with pytest.raises(ValueError, match=r"perf.pixel_handles=true needs perf.image_cache=true"):
-        FastPath({"pixel_handles": True, "vision_cache": True}).install(trainer)
-    assert trainer.fast_path.changes == []
+    trainer.remove_fast_path()
+    with caplog.at_level("INFO", logger="coz_train.perf.fast_path"):
+        fast_path = trainer.install_fast_path(FastPath({"pixel_handles": True, "image_cache": True}))
+    assert "perf.pixel_handles steps aside" in caplog.text
+    assert not fast_path.on("pixel_handles")
+    cached = trainer.processing_class.__dict__["image_processor"]
+    assert isinstance(cached, CachedImageProcessor) and cached.__dict__["handles"] is False
+    trainer.remove_fast_path()
+    with caplog.at_level("INFO", logger="coz_train.perf.fast_path"):  # control: with both caches it stays on
+        caplog.clear()
+        both = trainer.install_fast_path(FastPath({"pixel_handles": True, "image_cache": True, "vision_cache": True}))
+    assert both.on("pixel_handles") and "steps aside" not in caplog.text
+    assert trainer.processing_class.__dict__["image_processor"].__dict__["handles"] is True
