@@ -36,7 +36,7 @@ from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.load_once import RowsOnce
 from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
-from coz_train.perf.replacement import Replacement, replaced
+from coz_train.perf.replacement import Replacement, recorded, replaced
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.text_cache import install_text_cache
 from coz_train.perf.vision_cache import install_vision_cache
@@ -124,11 +124,7 @@ class FastPath:
         self.trainer = None
 
     def _record(self, owner: Any, name: str, reason: str, install: Callable[[], Any]) -> Any:
-        before = Replacement.own_value(owner, name)
-        result = install()
-        if Replacement.own_value(owner, name) is not before:
-            self.changes.append(Replacement.observed(owner, name, reason, before))
-        return result
+        return recorded(self.changes, owner, name, reason, install)
 
     def refuse_unsupported(self, trainer: Any, zero3: bool) -> None:
         """Combinations that cannot work, refused before anything is changed."""

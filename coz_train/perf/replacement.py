@@ -7,7 +7,7 @@ had its own attribute, or removes the instance attribute so that the class's met
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +68,15 @@ class Replacement:
 
     def __str__(self) -> str:
         return f"{self.target} -> {describe(self.value)}" + (f" ({self.reason})" if self.reason else "")
+
+
+def recorded(changes: list[Replacement], owner: Any, name: str, reason: str, install: Callable[[], Any]) -> Any:
+    """`install()`, which may set `owner.name` itself; what it replaced appended to `changes`; its result."""
+    before = Replacement.own_value(owner, name)
+    result = install()
+    if Replacement.own_value(owner, name) is not before:
+        changes.append(Replacement.observed(owner, name, reason, before))
+    return result
 
 
 @contextmanager

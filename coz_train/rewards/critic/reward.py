@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.perf.prefix import unwrap
-from coz_train.perf.replacement import Replacement
+from coz_train.perf.replacement import Replacement, recorded
 from coz_train.rewards.batches import in_batches
 from coz_train.rewards.critic.client import ServerCritic
 from coz_train.rewards.critic.common import BROKEN_LOAD_HINT, CriticScoringError, critic_device
@@ -86,23 +86,16 @@ def install_critic_switches(backend: Any, perf: Any) -> list[Replacement]:
     perf = perf or {}
     changes: list[Replacement] = []
 
-    def recorded(owner: Any, name: str, reason: str, install: Any) -> Any:
-        before = Replacement.own_value(owner, name)
-        result = install()
-        if Replacement.own_value(owner, name) is not before:
-            changes.append(Replacement.observed(owner, name, reason, before))
-        return result
-
     if perf.get("critic_prefix") and not backend.shared_prefix:
         check_supported(backend.model, "perf.critic_prefix")
         changes.append(Replacement(backend, "shared_prefix", True, "critic_prefix").apply())
     if perf.get("image_cache"):
         handles = bool(perf.get("pixel_handles"))
-        cache = recorded(backend.processor, "image_processor", "image_cache",
+        cache = recorded(changes, backend.processor, "image_processor", "image_cache",
                          lambda: install_image_cache(backend.processor, handles=handles))
         if handles:
             inner = unwrap(backend.model)
-            vision = recorded(inner.model, "get_image_features", "pixel_handles, critic",
+            vision = recorded(changes, inner.model, "get_image_features", "pixel_handles, critic",
                               lambda: install_vision_cache(backend.model, int(perf.get("vision_cache_images", 64))))
             changes.append(Replacement(vision, "pixel_source", cache, "pixel_handles").apply())
     return changes
