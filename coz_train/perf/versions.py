@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-TESTED = {"transformers": "5.24", "trl": "1.16"}  # major.minor
+TESTED = {"transformers": ("5.24", "5.25"), "trl": ("1.16",)}  # the major.minor releases the whole suite passed on
 SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
             "group_batches", "critic_prefix", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 
@@ -26,7 +26,7 @@ def minor(version: str) -> str:
 def untested_versions() -> dict[str, str]:
     """{package: installed version} for the packages whose minor version was not tested."""
     installed = {name: importlib.metadata.version(name) for name in TESTED}
-    return {name: version for name, version in installed.items() if minor(version) != TESTED[name]}
+    return {name: version for name, version in installed.items() if minor(version) not in TESTED[name]}
 
 
 def check_tested_versions(perf: Any) -> None:
@@ -36,7 +36,7 @@ def check_tested_versions(perf: Any) -> None:
     untested = untested_versions()
     if untested:
         found = ", ".join(f"{name} {version}" for name, version in untested.items())
-        tested = ", ".join(f"{name} {version}.x" for name, version in TESTED.items())
+        tested = ", ".join(f"{name} {'/'.join(f'{v}.x' for v in versions)}" for name, versions in TESTED.items())
         raise RuntimeError(
             f"{', '.join(switches)} replace parts of TRL / transformers that change between releases; they were "
             f"tested with {tested}, and this environment has {found}. Install the tested versions "
