@@ -3,6 +3,8 @@
     python -m coz_train.study build outputs/smoke_eval/<time> study.name=pilot
     python -m coz_train.study invite studies/pilot invite.raters=5
 
+`invite` writes its links for the address the study is served on (`coz_train.study.address.invite_link`).
+
 The study folder (written as `<dir>.partial/` and renamed when complete, so a failed build leaves no
 half study):
 - `manifest.json`: the build's config, conditions per test, items, media (id -> file and where it came
@@ -21,12 +23,12 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from coz_train.study.address import base_link, invite_link
 from coz_train.study.config import plain
 from coz_train.study.media import MediaWriter
 from coz_train.study.runs import read_runs
@@ -37,16 +39,6 @@ from coz_train.study.tasks import rater_tasks
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-
-
-def base_link(server: DictConfig) -> str:
-    """Where raters reach the app: server.base_url, else http://<host>:<port>."""
-    if server.base_url:
-        return str(server.base_url).rstrip("/")
-    host = server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    return f"http://{host}:{server.port}"
 
 
 def _private_write(path: Path, text: str) -> None:
@@ -177,7 +169,7 @@ def invite(study_dir: str | Path, cfg: DictConfig) -> list[dict]:
     study = OmegaConf.create(manifest["config"]["study"])
     store = Store(folder / "study.sqlite")
     try:
-        made = _add_raters(folder, store, manifest, study, cfg.invite.raters, base_link(cfg.server))
+        made = _add_raters(folder, store, manifest, study, cfg.invite.raters, invite_link(folder, cfg.server))
     finally:
         store.close()
     for m in made:

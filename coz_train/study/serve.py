@@ -6,9 +6,10 @@
 
 Binds to 127.0.0.1 unless `server.host` says otherwise. Behind a proxy, `server.base_url` is the public
 URL: its path is where the app's routes live (the proxy passes the path on unchanged, e.g. nginx
-`location /coz-study/ { proxy_pass http://127.0.0.1:8765; }`) and the links printed use it. A study whose
-images are gone (moved, deleted, a dangling copy) stops here, naming what is missing. Stop with Ctrl-C:
-every answer was committed when the rater got its reply, so nothing is lost.
+`location /coz-study/ { proxy_pass http://127.0.0.1:8765; }`) and the links printed use it. While it runs,
+`<study>/server.json` records that address, so that `invite` writes links for it (`coz_train.study.address`).
+A study whose images are gone (moved, deleted, a dangling copy) stops here, naming what is missing. Stop
+with Ctrl-C: every answer was committed when the rater got its reply, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 import uvicorn
 from omegaconf import DictConfig
 
+from coz_train.study.address import base_link, forget_address, record_address
 from coz_train.study.app import make_app
-from coz_train.study.build import base_link, read_manifest, write_invitations
+from coz_train.study.build import read_manifest, write_invitations
 from coz_train.study.media import missing_media
 from coz_train.study.store import Store
 
@@ -91,7 +93,9 @@ def serve(study_dir: str | Path, cfg: DictConfig, sockets: list[socket.socket] |
              sum(p["answered"] for p in progress), sum(p["total"] for p in progress))
     log.info("Invitation links (%s/r/<token>): %s; admin page: %s", link, folder / "invitations.csv",
              folder / "admin.txt")
+    record_address(folder, cfg.server)  # for `invite` while this runs
     try:
         server.run(sockets=sockets)
     finally:
+        forget_address(folder)
         store.close()

@@ -1,15 +1,23 @@
-"""Helpers of the study tests: invitations, the database as SQL, a server in a thread of the test process."""
+"""Helpers of the study tests: invitations, the database as SQL, a server in a thread of the test process, and
+`python -m coz_train.study serve` in a process of its own."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
+
+from coz_train.study.app import base_path
 from coz_train.study.config import load_config
 
 
@@ -61,3 +69,44 @@ class LiveServer:
         self.thread.join(timeout=10)
         self.store.close()
         self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`python -m coz_train.study serve <study> server.port=<port> [overrides]`, waited for until it answers;
+    `app_url` is where its routes are on this machine (under the path of server.base_url, if given)."""
+
+    def __init__(self, study: Path, port: int, *overrides: str):
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "HYDRA_FULL_ERROR": ""}
+        self.proc = subprocess.Popen([sys.executable, "-m", "coz_train.study", "serve", str(study),
+                                      f"server.port={port}", *overrides], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
+        base_url = next((o.split("=", 1)[1] for o in overrides if o.startswith("server.base_url=")), None)
+        self.app_url = self.url + base_path(base_url)  # where the app's routes are (a proxy passes the path on)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.app_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"serve did not start:\n{self.proc.stdout.read()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> str:
+        """Ctrl-C, as a person stops it; returns what it printed."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        return out

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from conftest import CONDITIONS
-from study_helpers import invitations, manifest
+from study_helpers import ServeProcess, free_port, invitations, manifest
 
 pytestmark = pytest.mark.slow  # the session's smoke evaluation (~30 s) comes first
 ENV = {**os.environ, "HYDRA_FULL_ERROR": ""}
@@ -26,35 +23,6 @@ ENV = {**os.environ, "HYDRA_FULL_ERROR": ""}
 def study_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "coz_train.study", *args], capture_output=True, text=True,
                           timeout=timeout, env=ENV)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    def __init__(self, study: Path, port: int):
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "coz_train.study", "serve", str(study),
-                                      f"server.port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=ENV)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.proc.kill()
-                raise RuntimeError(f"serve did not start:\n{self.proc.stdout.read()}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
 
 
 def test_build_invite_and_errors_from_the_command_line(eval_run, tmp_path):
