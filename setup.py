@@ -11,6 +11,6 @@ config_groups = [f"coz_train.conf.{name}" for name in find_namespace_packages(wh
 setup(
     packages=[*find_packages(include=["coz_train", "coz_train.*"]), "coz_train.conf", *config_groups],
     package_dir={"coz_train": "coz_train", "coz_train.conf": "conf"},
-    package_data={"coz_train.conf": ["*.yaml"], **{group: ["*.yaml"] for group in config_groups},
+    package_data={"coz_train": ["grpo_fields.json"], "coz_train.conf": ["*.yaml"], **{group: ["*.yaml"] for group in config_groups},
                   "coz_train.study": ["templates/*.html", "static/*"]},
 )

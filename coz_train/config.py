@@ -3,7 +3,7 @@
 Hydra merges `conf/config.yaml`, the group options and the experiment delta into
 `CozTrainConfig`, so a misspelt key or a value of the wrong type stops the run before any
 model loads. The `grpo` section mirrors TRL's `GRPOConfig` field by field under TRL's own
-names (built from TRL's dataclass, so a field TRL adds is reachable without a change here).
+names, from a snapshot of TRL's dataclass (`coz_train.grpo_schema`: composing a config imports no TRL).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from coz_train.conf_dir import CONF_DIR_NAME, config_dir  # noqa: F401 - re-exported: the entry points import it here
+from coz_train.grpo_schema import grpo_section
 
 
 @dataclass
@@ -273,45 +272,7 @@ class EvalDuringTrainingConfig(EvalConfig):
     every: int = 0  # evaluate every N optimizer steps; 0 = off
 
 
-def _schema_type(annotation: Any) -> Any:
-    """Map a GRPOConfig field type onto one OmegaConf can check; anything richer becomes Any."""
-    simple = {bool, int, float, str}
-    if annotation in simple:
-        return annotation
-    text = annotation if isinstance(annotation, str) else str(annotation)
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if text in (f"{name} | None", f"None | {name}", f"Optional[{name}]"):
-            return Optional[kind]  # noqa: UP045 - OmegaConf reads typing.Optional
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and args[0] in simple:
-            return Optional[args[0]]  # noqa: UP045
-    return Any
-
-
-def _grpo_section() -> type:
-    from trl import GRPOConfig
-
-    specs = []
-    for f in dataclasses.fields(GRPOConfig):
-        if not f.init:
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if hasattr(default, "value") and not isinstance(default, (int, float, str, bool)):
-            default = default.value  # enums -> their string value
-        if isinstance(default, (list, dict)):
-            specs.append((f.name, Any, field(default_factory=lambda d=default: d)))
-        else:
-            specs.append((f.name, _schema_type(f.type), field(default=default)))
-    return dataclasses.make_dataclass("GRPOSection", specs)
-
-
-GRPOSection = _grpo_section()
+GRPOSection = grpo_section()  # TRL's GRPOConfig fields, from the snapshot coz_train/grpo_fields.json
 
 
 @dataclass
