@@ -15,9 +15,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from coz_train.tiny.models import TINY_PREFIX, ensure_tiny_model
+from coz_train.tiny.names import RANDOM_PREFIX, TINY_PREFIX
 from coz_train.tiny.published import CONFIGS as PUBLISHED_CONFIGS
-from coz_train.tiny.random_models import RANDOM_PREFIX, ensure_random_model
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -48,11 +47,25 @@ def _reachable(url: str, timeout: float = 5.0) -> bool:
 
 
 def resolve_model(name: str, key: str, revision: str | None = None) -> str:
-    """Return a local folder or hub id that `from_pretrained` can load, or raise with advice."""
+    """Return a local folder or hub id that `from_pretrained` can load (building a tiny or random model the first
+    time it is asked for), or raise with advice."""
     if name.startswith(TINY_PREFIX):
+        from coz_train.tiny.models import ensure_tiny_model
+
         return ensure_tiny_model(name)
     if name.startswith(RANDOM_PREFIX):
+        from coz_train.tiny.random_models import ensure_random_model
+
         return ensure_random_model(name)
+    return locate_model(name, key, revision)
+
+
+def locate_model(name: str, key: str, revision: str | None = None) -> str:
+    """`name` if its config can be had (a local folder, the hub cache, or one request to the hub), else
+    `ModelNotAvailableError` with advice. Tiny and random models are built offline: they are always there.
+    Imports no model library, so a run can check every model it needs before torch loads."""
+    if name.startswith((TINY_PREFIX, RANDOM_PREFIX)):
+        return name
     path = Path(name).expanduser()
     if path.exists() or name.startswith(("/", "./", "../", "~")):
         if not (path / "config.json").is_file():

@@ -34,7 +34,8 @@ from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
-from coz_train.rewards import active_rewards, build_rewards, critic_needed
+from coz_train.preflight import check_run_config, critic_needed, preflight
+from coz_train.rewards import active_rewards, build_rewards
 from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
 from coz_train.wandb_setup import configure_wandb
@@ -76,26 +77,6 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     if not Path(cfg.resume).is_dir():
         raise FileNotFoundError(f"resume='{cfg.resume}' is not a checkpoint folder (use resume=auto|none|<checkpoint-N path>).")
     return cfg.resume
-
-
-POSITIVE_COUNTS = ("max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
-                   "max_completion_length", "save_steps", "logging_steps")
-
-
-def check_run_config(cfg: DictConfig) -> None:
-    """Counts and the run folder, before anything is resolved or loaded."""
-    for key in POSITIVE_COUNTS:
-        value = cfg.grpo.get(key)
-        if value is not None and value <= 0:
-            raise ValueError(f"grpo.{key}={value:g} must be positive"
-                             + (" (the number of optimizer steps to train)." if key == "max_steps" else "."))
-    if cfg.grpo.num_generations < 2:
-        raise ValueError(f"grpo.num_generations={cfg.grpo.num_generations}: GRPO compares completions within a group; "
-                         "use at least 2.")
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output_dir='{cfg.output_dir}' is a file, not a folder: point output_dir (or hydra.run.dir) "
-                         "at a new or existing run folder.")
 
 
 def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
@@ -234,7 +215,7 @@ def train(cfg: DictConfig) -> Path:
     On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE. A run resumed after its
     last step (a requeued job that had finished) trains nothing and changes nothing.
     """
-    check_run_config(cfg)
+    preflight(cfg)
     finished = resume_checkpoint(cfg)
     if finished and checkpoint_step(finished) >= cfg.grpo.max_steps:
         return finish_from_checkpoint(Path(finished), Path(cfg.output_dir))

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from coz_train.preflight import critic_needed
 from coz_train.rewards import (
     critic,  # noqa: E402,F401  (registers "critic")
     sr_quality,  # noqa: E402,F401  (registers "sr_quality")
@@ -26,11 +27,6 @@ def _build_phrase(params: dict[str, Any], cfg: DictConfig):
 @register("repetition", params=("n", "max_penalty"))
 def _build_repetition(params: dict[str, Any], cfg: DictConfig):
     return named(repetition_reward, "repetition", n=int(params.get("n", 3)), max_penalty=float(params.get("max_penalty", -1.0)))
-
-
-def critic_needed(active: list[tuple[str, float, dict[str, Any]]]) -> bool:
-    """Whether an active reward (from `active_rewards`) loads the critic group's model."""
-    return any(name == "critic" or (name == "sr_quality" and params.get("critic_judge")) for name, _, params in active)
 
 
 __all__ = [

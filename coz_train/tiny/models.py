@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from coz_train.tiny.names import TINY_PREFIX
 from coz_train.tiny.tokenizer import build_tokenizer
 
-TINY_PREFIX = "tiny:"
 TINY_VERSION = 2  # bump when the tiny architecture changes so old cache folders are not reused
 ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl", "internvl2_5")  # internvl2_5: the hub layout (coz_train.tiny.internvl2_5)
 

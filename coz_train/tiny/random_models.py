@@ -39,7 +39,6 @@ from coz_train.tiny.models import build_once, cache_root
 from coz_train.tiny.published import FIRST_SPECIAL_ID, GENERATION, PREPROCESSOR, SPECIAL_TOKENS, published_config
 from coz_train.tiny.tokenizer import build_full_vocabulary_tokenizer
 
-RANDOM_PREFIX = "random:"
 RANDOM_VERSION = 1  # bump when what a random: folder holds changes, so old cache folders are not reused
 _NAME = re.compile(r"^random:(?P<hub_id>[^:@]+)(?::(?P<layers>\d+)layers)?(?:@(?P<seed>\d+))?$")
 
