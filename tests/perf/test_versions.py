@@ -21,3 +21,20 @@ def test_a_switch_on_an_untested_version_stops_naming_the_tested_ones(monkeypatc
     check_tested_versions(OmegaConf.create({"group_prefix": False}))  # plain: nothing replaced, nothing checked
     check_tested_versions(OmegaConf.merge(fast, {"allow_untested_versions": True}))
     assert set(TESTED) == {"transformers", "trl"}
+
+
+def test_the_install_admits_exactly_the_tested_minor_versions():
+    """pyproject.toml's bounds (the package's metadata) let pip pick only minor versions the suite passed on, so the
+    README's plain `pip install -e .` gets a tested TRL / transformers, now and after their next release."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    bounds = {req.name: req.specifier for req in map(Requirement, importlib.metadata.requires("coz_train"))
+              if not req.marker}
+    for name, minors in TESTED.items():
+        major = int(minors[0].split(".")[0])
+        admitted = {f"{major}.{m}" for m in range(100) if bounds[name].contains(f"{major}.{m}.0")
+                    or bounds[name].contains(f"{major}.{m}.99")}
+        assert admitted == set(minors), f"{name}: pyproject.toml admits {sorted(admitted)}, tested {minors}"
+        assert not bounds[name].contains(f"{major + 1}.0.0")
