@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 import httpx
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from coz_train.study.app import base_path
 from coz_train.study.config import load_config
@@ -110,3 +113,21 @@ class ServeProcess:
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=30)
         return out
+
+
+def bar_colours(fig: Figure) -> list[dict[str, str]]:
+    """Per panel: condition (its tick label) -> the colour of its bar."""
+    panels = []
+    for ax in fig.axes:
+        ticks = {round(x): label.get_text().replace("\n", "") for x, label in zip(ax.get_xticks(),
+                                                                               ax.get_xticklabels(), strict=True)}
+        panels.append({ticks[round(bar.get_x() + bar.get_width() / 2)]: to_hex(bar.get_facecolor())
+                       for bar in ax.patches})
+    return panels
+
+
+def assert_inside(fig: Figure, text: Text) -> None:
+    """The text's box, as the renderer draws it, lies inside the figure."""
+    fig.canvas.draw()
+    box, frame = text.get_window_extent(fig.canvas.get_renderer()), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)

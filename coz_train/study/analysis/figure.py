@@ -1,9 +1,11 @@
 """The study's figure in the paper's style: one bar panel per test, then a Bradley-Terry panel per pairwise test.
 
-MOS panels: a bar per condition (display order), the 95% two-way bootstrap interval as the error bar,
+Each condition has one colour in every panel, by its place in the study's condition order (the manifest's:
+`condition_colours`). MOS panels: a bar per condition (display order), the 95% two-way bootstrap interval as the error bar,
 the MOS written on the bar, and between neighbouring conditions a bracket with the Holm-corrected star
 level (ns, *, **, ***). Bradley-Terry panels: the centred score per condition with its interval and the
-same brackets from the pairwise tests. The figure shows the study's result (`Results.tests`).
+same brackets from the pairwise tests. The figure shows the study's result (`Results.tests`); its caption
+(which raters, what the error bars are) is wrapped to the figure's width.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from coz_train.study.analysis.results import Results, TestResult  # noqa: E402
 from coz_train.study.analysis.significance import Comparison, neighbours  # noqa: E402
@@ -59,12 +63,17 @@ def _brackets(ax: Axes, comparisons: list[Comparison], x: dict[str, int], top: d
     return highest
 
 
-def _mos_panel(ax: Axes, t: TestResult, title: str) -> None:
+def condition_colours(conditions: list[str]) -> dict[str, str]:
+    """Condition -> its bar colour, by its place in `conditions` (the study's order), the same in every panel."""
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(dict.fromkeys(conditions))}
+
+
+def _mos_panel(ax: Axes, t: TestResult, title: str, colours: dict[str, str]) -> None:
     names = [m.condition for m in t.mos]
     x = {c: i for i, c in enumerate(names)}
     means = [m.mos for m in t.mos]
     errors = _error_bars(means, [m.ci_low for m in t.mos], [m.ci_high for m in t.mos])
-    ax.bar(range(len(names)), means, color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
+    ax.bar(range(len(names)), means, color=[colours[n] for n in names],
            edgecolor="black", linewidth=0.6, yerr=errors, capsize=4, error_kw={"lw": 1.0})
     for i, m in enumerate(means):
         ax.text(i, m / 2, f"{m:.2f}", ha="center", va="center", fontsize=9)
@@ -78,12 +87,12 @@ def _mos_panel(ax: Axes, t: TestResult, title: str) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def _bt_panel(ax: Axes, t: TestResult, title: str) -> None:  # t.bradley_terry is set
+def _bt_panel(ax: Axes, t: TestResult, title: str, colours: dict[str, str]) -> None:  # t.bradley_terry is set
     bt = t.bradley_terry
     names = list(bt.conditions)
     x = {c: i for i, c in enumerate(names)}
     errors = _error_bars(bt.scores, bt.ci_low, bt.ci_high)
-    ax.bar(range(len(names)), bt.scores, color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
+    ax.bar(range(len(names)), bt.scores, color=[colours[n] for n in names],
            edgecolor="black", linewidth=0.6, yerr=errors, capsize=4, error_kw={"lw": 1.0})
     ax.axhline(0, color="black", lw=0.6)
     top = {c: max(s + e, s, 0) for c, s, e in zip(names, bt.scores, errors[1], strict=True)}
@@ -97,6 +106,26 @@ def _bt_panel(ax: Axes, t: TestResult, title: str) -> None:  # t.bradley_terry i
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def fit_text(text: Text, width: float) -> Text:
+    """`text` wrapped at spaces into lines no wider than `width` pixels (as drawn by its figure's renderer)."""
+    renderer = text.get_figure().canvas.get_renderer()
+    words = text.get_text()
+    chars = len(words)
+    while chars > 8 and text.get_window_extent(renderer).width > width:
+        chars = min(chars - 1, int(chars * width / text.get_window_extent(renderer).width))
+        text.set_text(textwrap.fill(words, max(chars, 8), break_long_words=False))
+    return text
+
+
+def _caption(results: Results, drawn: bool) -> str:
+    if drawn:
+        return f"with {results.label()}; error bars: 95% bootstrap intervals (raters x items)"
+    if results.drop_flagged and results.flags and len(results.flags) == len(results.raters):
+        return (f"with {results.label()}: every one of the {len(results.raters)} raters was flagged by the screening "
+                "(results.md says why); analyze.drop_flagged=false shows the ratings of all raters")
+    return f"with {results.label()}: no ratings to show"
+
+
 def draw_figure(results: Results) -> Figure:
     panels = []
     for test, t in results.tests.items():
@@ -105,15 +134,20 @@ def draw_figure(results: Results) -> Figure:
     for test, t in results.tests.items():
         if t.bradley_terry is not None:
             panels.append((_bt_panel, t, f"{test}: pairwise (Bradley-Terry)"))
+    shown = [m.condition for _, t, _ in panels for m in t.mos] + [
+        c for _, t, _ in panels if t.bradley_terry is not None for c in t.bradley_terry.conditions]
+    colours = condition_colours([*results.conditions, *shown])
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.8 * max(len(panels), 1), 3.6), squeeze=False)
     for k, (ax, (draw, t, title)) in enumerate(zip(axes[0], panels, strict=False)):
-        draw(ax, t, f"({chr(ord('a') + k)}) {title}")
+        draw(ax, t, f"({chr(ord('a') + k)}) {title}", colours)
     if not panels:
         axes[0][0].text(0.5, 0.5, "no ratings left to show", ha="center", va="center")
         axes[0][0].set_axis_off()
-    fig.suptitle(f"with {results.label()}; error bars: 95% bootstrap intervals (raters x items)", fontsize=8, y=0.02,
-                 va="bottom")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    margin = 0.02 * fig.get_figwidth() * fig.dpi
+    caption = fit_text(fig.text(0.5, 0.01, _caption(results, bool(panels)), ha="center", va="bottom", fontsize=8),
+                       fig.get_figwidth() * fig.dpi - 2 * margin)
+    height = caption.get_window_extent(fig.canvas.get_renderer()).height / (fig.get_figheight() * fig.dpi)
+    fig.tight_layout(rect=(0, min(0.01 + height + 0.02, 0.5), 1, 1))
     return fig
 
 
