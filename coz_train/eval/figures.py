@@ -9,13 +9,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from coz_train.eval.chain import Chain  # noqa: E402
 from coz_train.eval.tables import Row  # noqa: E402
+from coz_train.printable import printable  # noqa: E402
 
 
-def chain_figure(chains: list[Chain], scale: int, path: Path) -> None:
-    """Rows = methods, columns = the start and every zoom step, the step's prompt under it."""
+def draw_chains(chains: list[Chain], scale: int) -> Figure:
+    """Rows = methods, columns = the start and every zoom step, the step's prompt under it (control characters
+    escaped: `coz_train.printable`)."""
     steps = len(chains[0].states) - 1
     fig, axes = plt.subplots(len(chains), steps + 1, figsize=(2.2 * (steps + 1), 2.6 * len(chains)), squeeze=False)
     for row, chain in enumerate(chains):
@@ -29,8 +32,14 @@ def chain_figure(chains: list[Chain], scale: int, path: Path) -> None:
             if col == 0:
                 ax.set_ylabel(chain.method, fontsize=8)
             elif chain.prompts[col - 1]:
-                ax.set_xlabel(textwrap.fill(chain.prompts[col - 1], 28)[:140], fontsize=6)
+                ax.set_xlabel(textwrap.fill(printable(chain.prompts[col - 1]), 28)[:140], fontsize=6)
     fig.tight_layout()
+    return fig
+
+
+def chain_figure(chains: list[Chain], scale: int, path: Path) -> None:
+    """`draw_chains` saved to `path`."""
+    fig = draw_chains(chains, scale)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

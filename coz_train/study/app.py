@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from coz_train.printable import printable
 from coz_train.study.media import MEDIA_ID
 from coz_train.study.ratings import CHOICES, SCALE
 from coz_train.study.store import Store
@@ -73,6 +74,7 @@ class StudyApp:
         study = manifest["config"]["study"]
         self.unsure = bool(study.get("unsure", True))
         self.texts = study["texts"]
+        self.anchors = {test: [shown(a) for a in anchors] for test, anchors in manifest["anchors"].items()}
 
     # --- helpers
     def rater(self, token: str) -> str:
@@ -127,8 +129,8 @@ class StudyApp:
         tasks = self.store.tasks(rater)
         answers = self.store.answers(rater)
         return {"rater": rater, "mode": self.manifest["mode"], "unsure": self.unsure, "texts": self.texts,
-                "labels": {str(k): v for k, v in LABELS.items()}, "anchors": self.manifest["anchors"],
-                "tasks": [client_view(t) for t in tasks], "answers": answers,
+                "labels": {str(k): v for k, v in LABELS.items()}, "anchors": self.anchors,
+                "tasks": [shown(client_view(t)) for t in tasks], "answers": answers,
                 "next": self.next_index(tasks, answers)}
 
     async def state(self, request: Request) -> Response:
@@ -211,6 +213,13 @@ class StudyApp:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+
+def shown(entry: dict) -> dict:
+    """A task or anchor as the page shows it: prompts with their control characters escaped (`printable`)."""
+    if "panels" in entry:
+        return {**entry, "panels": [{**p, "text": printable(p["text"])} for p in entry["panels"]]}
+    return {**entry, "text": printable(entry["text"])}
 
 
 def _escape(text: str) -> str:
