@@ -2,18 +2,22 @@
 
 TRL logs each reward's mean and std (`rewards/<name>/mean`, `/std`), the total (`reward`), KL and
 completion lengths every `logging_steps`; these callbacks add what a researcher watches on top.
+While the step bar is open, console log lines are written above it (`coz_train.progress.console_through_tqdm`),
+not onto its line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from coz_train.progress import console_through_tqdm
 from coz_train.rewards.text import completion_text
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,19 @@ class RewardProgressCallback(ProgressCallback):
     Every log entry is also appended to `<output_dir>/log_history.jsonl` (rank zero), which
     `python -m coz_train.eval.report` turns into reward curves.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._console = ExitStack()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self._console.enter_context(console_through_tqdm())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._console.close()
+        super().on_train_end(args, state, control, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs:

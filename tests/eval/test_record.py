@@ -29,6 +29,7 @@ def test_a_restart_skips_finished_images_and_redoes_unfinished_ones(make_config,
     first = make_config(*CHEAP, "eval.max_images=2")
     out = evaluate(first)
     assert re.search(r"eval: +100%\|.*\| 2/2 \[\d\d:\d\d<00:00", caplog.text), caplog.text[-2000:]
+    assert len(re.findall(r"eval: +100%", caplog.text)) == 1, caplog.text[-2000:]  # closing the bar does not repeat it
     assert not re.search(r"Evaluated |: done", caplog.text)  # the bar replaces the per-image lines
     samples = out / "per-sample"
     astronaut = files_with_times(samples / "astronaut")
