@@ -5,6 +5,9 @@ leaves a folder that looks like a checkpoint. After every rank has finished a sa
 writes `checkpoint-N/COMPLETE` (atomically: a temp file renamed); `resume=auto` only considers
 folders with that marker and moves incomplete ones aside, so they are neither resumed from nor
 mixed with the save that later reuses their name.
+
+Each adapter folder carries the run's model card (`coz_train.model_card`): checkpoints get theirs on save, the final
+`adapter/` the run folder's card for the last step when it is published.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 from transformers import TrainerCallback
+
+from coz_train.model_card import CARD, adapter_card, is_coz_card, write_card
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,11 @@ def checkpoint_step(folder: str | Path) -> int:
 
 def publish_adapter(saved: Path, adapter_dir: Path) -> None:
     """Move a fully written adapter folder into place as `adapter_dir` (rank zero): a run killed while the
-    final adapter is written leaves no half-written `adapter/`."""
+    final adapter is written leaves no half-written `adapter/`. Unless it has the project's card already, the adapter
+    gets the card the run folder has for the end of training (written by `ModelCardCallback`), replacing PEFT's."""
+    run_card = adapter_dir.parent / CARD
+    if not is_coz_card(saved / CARD) and is_coz_card(run_card):
+        write_card(saved, adapter_card(run_card.read_text()))
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     os.replace(saved, adapter_dir)
@@ -98,7 +107,9 @@ def finish_from_checkpoint(checkpoint: Path, run_dir: Path) -> Path:
         partial = run_dir / "adapter.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
+        for name in ("adapter_config.json", "adapter_model.safetensors", CARD):
+            if name == CARD and not is_coz_card(checkpoint / name):
+                continue
             shutil.copy2(checkpoint / name, partial / name)
         publish_adapter(partial, adapter_dir)
     log.info("Training had finished at %s (max_steps) before the final adapter was written: %s written from it.",

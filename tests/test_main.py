@@ -11,7 +11,9 @@ pytestmark = pytest.mark.slow
 def test_smoke_experiment_end_to_end(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "coz_train", "+experiment=smoke", f"hydra.run.dir={run}"],
+        # a zoom-pair cache of its own: this run builds it, with its progress bar
+        [sys.executable, "-m", "coz_train", "+experiment=smoke", f"hydra.run.dir={run}",
+         f"data.cache_dir={tmp_path / 'zoom_pairs'}"],
         capture_output=True, text=True, timeout=900,
     )
     output = result.stdout + result.stderr
@@ -31,6 +33,18 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert "step 20/20  reward " in result.stdout and '"rewards/critic/mean"' not in result.stdout
     assert '"rewards/critic/mean"' in (run / "train.log").read_text()
     assert "FutureWarning" not in output and "pin_memory" not in output, output[-3000:]
+    assert "Setting accelerator to CPU" not in output  # DeepSpeed's notice, with no DeepSpeed config in use
+    assert "zoom pairs: 100%" in (run / "train.log").read_text()
+    assert "\x1b[" not in (run / "train.log").read_text()  # no cursor codes of a progress bar in the log
+    # every adapter folder has the project's card, and TRL's draft card is left nowhere
+    for folder, step in ((adapter, 20), (run / "checkpoint-10", 10), (run / "checkpoint-20", 20)):
+        card = (folder / "README.md").read_text()
+        assert "policy.name_or_path: `tiny:qwen2_5_vl`" in card, card
+        assert "R = 1 * critic + 0.5 * phrase_exclusion + 0.5 * repetition" in card and "| critic | 1 |" in card
+        assert f"GRPO steps: {step} / 20" in card and "python -m coz_train +experiment=smoke" in card
+        assert "--vlm_lora_path <this folder>" in card and "- r: 8" in card and "zoom pairs: 12" in card
+    assert "final adapter" in (adapter / "README.md").read_text()
+    assert not [p for p in run.rglob("README.md") if "huggingface.co/None" in p.read_text()]
 
 
 def test_unavailable_model_stops_fast_with_advice(tmp_path):

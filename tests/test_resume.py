@@ -100,6 +100,11 @@ def test_a_finished_run_resumed_changes_nothing_and_a_missing_final_adapter_come
                  "logging.wandb=false"]
     adapter = train(make_config(*overrides))
     run = adapter.parent
+    for folder, step in ((adapter, 4), (run / "checkpoint-2", 2), (run / "checkpoint-4", 4)):  # the project's card
+        card = (folder / "README.md").read_text()
+        assert "tiny:qwen2_5_vl" in card and "R = 0.5 * phrase_exclusion + 0.5 * repetition" in card, card
+        assert f"GRPO steps: {step} / 4" in card and "huggingface.co/None" not in card
+    assert "huggingface.co/None" not in (run / "README.md").read_text()
     files = {p.name: p.read_bytes() for p in adapter.iterdir()}
     state = (run / "checkpoint-4" / "trainer_state.json").read_text()
     assert not (run / "adapter.partial").exists()
@@ -118,4 +123,5 @@ def test_a_finished_run_resumed_changes_nothing_and_a_missing_final_adapter_come
     train(make_config(*overrides, "resume=auto"))
     got = load_file(str(adapter / "adapter_model.safetensors"))
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert (adapter / "README.md").read_text() == (run / "checkpoint-4" / "README.md").read_text()
     assert not (run / "checkpoint-5").exists()
