@@ -30,6 +30,7 @@ from coz_train.config import GRPOSection
 from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.eval.during_training import EvalDuringTraining, check_eval_during_training
 from coz_train.hub import resolve_model
+from coz_train.model_card import ModelCardCallback
 from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
@@ -186,7 +187,9 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
     from coz_train.trainer import CozGRPOTrainer
 
     samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
-    callbacks = [samples, CompleteMarkerCallback(), PreemptionCallback(), UpdateGuardCallback(guard)]
+    # the card before CompleteMarkerCallback: a checkpoint is complete with its card written
+    callbacks = [samples, ModelCardCallback(cfg), CompleteMarkerCallback(), PreemptionCallback(),
+                 UpdateGuardCallback(guard)]
     if cfg.eval_during_training.every:  # after PreemptionCallback: a preempted step saves without evaluating
         callbacks.append(EvalDuringTraining(cfg, "wandb" in report_to))
     trainer = CozGRPOTrainer(
