@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from coz_train.cli import fail, hydra_errors, run_hydra
 from coz_train.config import config_dir, register_configs
 
 register_configs()
@@ -23,12 +24,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> None:
-    from coz_train.bench.run import failures, run_bench
+    with hydra_errors():
+        from coz_train.bench.run import failures, run_bench
 
-    failed = failures(run_bench(cfg))
+        failed = failures(run_bench(cfg))
     if failed:
-        print(f"bench: failed: {failed}", file=sys.stderr)
-        raise SystemExit(1)
+        fail(f"bench: {', '.join(failed)} failed: the table above and {Path(cfg.output_dir) / cfg.bench.out} say why.")
 
 
 def with_defaults(argv: list[str]) -> list[str]:
@@ -44,4 +45,4 @@ def with_defaults(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.argv[1:] = with_defaults(sys.argv[1:])
-    main()
+    run_hydra(main)

@@ -1,4 +1,4 @@
-"""python -m coz_train.critic_convert <InternVL2.5 folder> <out folder> [--max-tiles N] [--dtype D]"""
+"""python -m coz_train.critic_convert <InternVL2.5 folder> <out folder> [--max-tiles N] [--dtype D] [--debug]"""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from coz_train.cli import add_debug_switch, fail, run_argparse
 from coz_train.critic_convert.build import convert
 
 
@@ -16,13 +17,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="where the converted checkpoint is written")
     parser.add_argument("--max-tiles", type=int, default=6, help="448-px tiles per image, + a thumbnail (default 6)")
     parser.add_argument("--dtype", default=None, help="cast the weights (e.g. bfloat16); default: as stored")
+    add_debug_switch(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.folder / "config.json").is_file():
-        parser.error(f"{args.folder} has no config.json: give a local checkpoint folder "
-                     "(huggingface-cli download OpenGVLab/InternVL2_5-8B --local-dir <folder>).")
+        fail(f"{args.folder} has no config.json: give a local checkpoint folder "
+             "(huggingface-cli download OpenGVLab/InternVL2_5-8B --local-dir <folder>).")
     convert(args.folder, args.out, max_tiles=args.max_tiles, dtype=args.dtype)
 
 
 if __name__ == "__main__":
-    main()
+    run_argparse(main)

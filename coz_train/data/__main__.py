@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
+from coz_train.cli import hydra_errors, run_hydra
 from coz_train.config import config_dir, register_configs
 
 register_configs()
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 def prebuild(cfg: DictConfig) -> str:
     """Build (or find) this config's samples, or with data.num_shards > 1 one shard's parts; returns the folder."""
+    import torch
+
     from coz_train.data.chains import build_shard, uses_backbone
     from coz_train.data.dataset import build_zoom_dataset, cache_target, check_data_config, image_source
 
@@ -51,12 +53,9 @@ def prebuild(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> None:
-    prebuild(cfg)
+    with hydra_errors():
+        prebuild(cfg)
 
 
 if __name__ == "__main__":
-    import sys
-
-    if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
-        sys.argv.append("hydra.job.name=data")  # the run folder's log is data.log, not train.log
-    main()
+    run_hydra(main, job="data")  # the run folder's log is data.log, not train.log

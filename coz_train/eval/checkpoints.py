@@ -34,6 +34,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.checkpoints import checkpoints
+from coz_train.cli import add_debug_switch, run_argparse
 from coz_train.eval.images import eval_image_list
 from coz_train.eval.merge import missing_images
 from coz_train.eval.methods import method_sources, onestep_sources, prompt_sources
@@ -145,10 +146,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Evaluate every checkpoint of a coz_train run; curves against step.")
     parser.add_argument("run_dir", help="the training run folder (holds checkpoint-N/ and log_history.jsonl)")
     parser.add_argument("overrides", nargs="*", help="eval overrides, as for python -m coz_train.eval")
+    add_debug_switch(parser)
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     return sweep(run_dir, sweep_config(run_dir, args.overrides))
 
 
 if __name__ == "__main__":
-    main()
+    run_argparse(main)

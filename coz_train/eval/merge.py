@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from coz_train.cli import add_debug_switch, run_argparse
 from coz_train.data.images import NoUsableImagesError, SkipReport
 from coz_train.eval.images import EvalImage, eval_image_list
 from coz_train.eval.methods import method_labels, zoom_scales
@@ -114,11 +115,12 @@ def log_to_wandb(cfg: DictConfig, out: Path, rows: list[Row], unavailable: dict[
     run.finish()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     parser = argparse.ArgumentParser(description="Write results.csv / results.md / metrics.png of a sharded eval run.")
     parser.add_argument("run_dir", help="the eval run folder (holds eval_record.json and per-sample/)")
-    args = parser.parse_args()
+    add_debug_switch(parser)
+    args = parser.parse_args(argv)
     cfg = recorded_config(Path(args.run_dir))
     cfg.output_dir = str(args.run_dir)  # the folder may have moved since
     merge(cfg)
@@ -126,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_argparse(main)

@@ -15,12 +15,13 @@ store and writes the analysis (`coz_train.study.analysis`) to `<study>/results/`
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from coz_train.cli import error_line, hydra_full_error, report
 
 log = logging.getLogger("coz_train.study")
 COMMANDS = ("build", "serve", "invite", "analyze")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     folders, overrides = split_args(args[1:])
     if args[0] == "build" and not any(o.startswith("study.name=") for o in overrides):
-        sys.stderr.write("Error: build needs study.name=<name> (the study folder is studies/<name>).\n")
+        error_line("build needs study.name=<name> (the study folder is studies/<name>).")
         return 2
     try:
         run(args[0], folders, overrides)
@@ -118,12 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from coz_train.errors import raised_by_coz_train
-
-        if os.environ.get("HYDRA_FULL_ERROR") or not (
-                raised_by_coz_train(err) or isinstance(err, (HydraException, OmegaConfBaseException))):
+        if not report(err, full=hydra_full_error(), hint="HYDRA_FULL_ERROR=1 shows the traceback",
+                      own=(HydraException, OmegaConfBaseException)):  # the overrides' config errors
             raise
-        sys.stderr.write(f"Error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)\n")
         return 1
     return 0
 
