@@ -55,10 +55,14 @@ def test_unavailable_model_stops_fast_with_advice(tmp_path):
          f"policy.name_or_path={tmp_path / 'no_model'}", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "policy.name_or_path=" in result.stderr and "+experiment=smoke" in result.stderr
     assert "Traceback" not in result.stderr  # an expected error: its message and advice, no traceback
     assert "Loading weights" not in result.stderr
+    line = [line for line in result.stderr.splitlines() if line.strip()][-1]  # one line, advice and all
+    assert line.startswith("Error: ") and "policy.name_or_path=" in line and "+experiment=smoke" in line
+    log = tmp_path / "run" / "train.log"
+    assert f"the traceback is in {log}" in line and "Traceback" in log.read_text()
 
 
 def test_a_run_stopped_by_a_failing_reward_says_why_in_train_log(tmp_path):
