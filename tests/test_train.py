@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from scipy import stats
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from coz_train.hub import resolve_model
@@ -86,10 +87,14 @@ def test_grpo_learns_a_reward_the_tiny_policy_can_move(make_config):
     )
     trainer, _ = build_trainer(cfg)
     trainer.train()
-    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    start, end = np.mean(rewards[:10]), np.mean(rewards[-10:])
-    assert start < 0.65  # about half the tokens are even at random
-    assert end > start + 0.15, rewards
+    rewards = np.array([h["reward"] for h in trainer.state.log_history if "reward" in h])
+    assert np.mean(rewards[:10]) < 0.65  # about half the tokens are even at random
+    # Learning, not a lucky window: the step rewards rise along the whole run (a one-sided test of the trend), by a
+    # visible amount. Comparing the first and last 10 steps alone hung on about 80 samples each, and the float
+    # rounding of a different CPU moved that difference by more than the effect's spread.
+    trend = stats.linregress(np.arange(len(rewards)), rewards)
+    gain = trend.slope * (len(rewards) - 1)
+    assert trend.slope > 0 and trend.pvalue / 2 < 0.001 and gain > 0.1, (gain, trend.pvalue, rewards.round(3).tolist())
 
 
 def half_unscorable(prompts=None, completions=None, **kwargs):
