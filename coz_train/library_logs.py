@@ -7,6 +7,11 @@ detect it." (logger "DeepSpeed", WARNING) on every run. A filter on that logger 
 is in use: `accelerate launch` with a DeepSpeed config (recipes/accelerate_configs/zero*.yaml), and transformers for
 `grpo.deepspeed`, set ACCELERATE_USE_DEEPSPEED=true before DeepSpeed is imported.
 
+bitsandbytes (pulled in by pyiqa, imported by PEFT) on a CPU with AVX512-BF16, with the `kernels` package that
+transformers 5.25 requires, asks the hub for a 4-bit CPU kernel when it is imported and, refused, logs "Failed to
+load CPU gemm_4bit_forward from kernels-community ..." (logger "bitsandbytes.backends.cpu.ops", WARNING) on every
+run. The project trains no 4-bit model on a CPU; that line is dropped.
+
 `quiet_library_notices()` runs when the `coz_train` package is imported: before any entry point
 (`python -m coz_train`, `coz_train.eval`, `coz_train.critic_server`, ...) can save or wrap a model.
 """
@@ -18,6 +23,8 @@ import os
 
 DEEPSPEED_LOGGER = "DeepSpeed"  # deepspeed.utils.logging.logger
 DEEPSPEED_CPU_NOTICE = "Setting accelerator to CPU"
+BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+BITSANDBYTES_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
 
 def deepspeed_in_use() -> bool:
@@ -29,8 +36,14 @@ class _DeepSpeedCpuNotice(logging.Filter):
         return deepspeed_in_use() or not str(record.msg).startswith(DEEPSPEED_CPU_NOTICE)
 
 
+class _BitsandbytesKernelNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(BITSANDBYTES_KERNEL_NOTICE)
+
+
 def quiet_library_notices() -> None:
     """Install the filters (once; DeepSpeed's logger keeps them when DeepSpeed configures it on import)."""
-    logger = logging.getLogger(DEEPSPEED_LOGGER)
-    if not any(isinstance(f, _DeepSpeedCpuNotice) for f in logger.filters):
-        logger.addFilter(_DeepSpeedCpuNotice())
+    for name, kind in ((DEEPSPEED_LOGGER, _DeepSpeedCpuNotice), (BITSANDBYTES_CPU_LOGGER, _BitsandbytesKernelNotice)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())

@@ -130,3 +130,14 @@ def test_no_deepspeed_notice_without_a_deepspeed_config(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # a DeepSpeed run keeps the line
     used = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "Setting accelerator to CPU" in used.stdout
+
+
+def test_no_bitsandbytes_kernel_notice_when_peft_is_imported():
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    plain = subprocess.run([sys.executable, "-c", "import peft"], capture_output=True, text=True, timeout=300)
+    if "Failed to load CPU gemm_4bit_forward" not in plain.stdout + plain.stderr:
+        pytest.skip("bitsandbytes says nothing here (no AVX512-BF16 CPU, or no kernels package)")
+    ours = subprocess.run([sys.executable, "-c", "import coz_train, peft"], capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert "Failed to load CPU gemm_4bit_forward" not in ours.stdout + ours.stderr
