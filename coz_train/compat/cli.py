@@ -11,6 +11,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from coz_train.cli import error_line
 from coz_train.compat.bounds import (
     LIBRARIES,
     constraint_pins,
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ValueError, OSError, subprocess.CalledProcessError) as err:
-        sys.stderr.write(f"Error: {err}\n")
+        error_line(str(err))  # the check could not run: exit 2, as argparse's usage errors do
         return 2
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
