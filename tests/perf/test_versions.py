@@ -24,8 +24,9 @@ def test_a_switch_on_an_untested_version_stops_naming_the_tested_ones(monkeypatc
 
 
 def test_the_install_admits_exactly_the_tested_minor_versions():
-    """pyproject.toml's bounds (the package's metadata) let pip pick only minor versions the suite passed on, so the
-    README's plain `pip install -e .` gets a tested TRL / transformers, now and after their next release."""
+    """pyproject.toml's bounds (the package's metadata) let pip pick only minor versions the suite passed on, so an
+    install without the lock (a wheel, an existing environment) gets a tested TRL / transformers, now and after
+    their next release."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
