@@ -26,6 +26,7 @@ from coz_train.perf.group_prefix import KWARG
 from coz_train.perf.merge import kept_base_weights
 from coz_train.perf.replacement import Replacement
 from coz_train.policy.adapters import load_adapter_weights, make_portable
+from coz_train.zero3 import trainer_uses_zero3
 
 log = logging.getLogger(__name__)
 # TRL 1.16 reads the policy's deprecated `is_gradient_checkpointing` at every rollout: transformers' FutureWarning
@@ -40,8 +41,7 @@ class CozGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fast_path: FastPath | None = None
-        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        if self.use_vllm and not zero3:
+        if self.use_vllm and not trainer_uses_zero3(self):
             self._keep_base_weights_in_vllm_sync()
 
     def install_fast_path(self, fast_path: FastPath) -> FastPath:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -50,6 +49,7 @@ from transformers import TrainerCallback
 
 from coz_train.callbacks import LOG_HISTORY
 from coz_train.eval.prompter import VLMPrompter
+from coz_train.zero3 import launched_with_zero3
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def check_eval_during_training(cfg: DictConfig) -> None:
     if section.adapter:
         raise ValueError(f"{SECTION}.adapter='{section.adapter}': the adapter evaluated is the one being trained "
                          f"(prompt source vlm+adapter); leave {SECTION}.adapter null.")
-    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" or cfg.grpo.get("fsdp"):
+    if launched_with_zero3() or cfg.grpo.get("fsdp"):
         raise ValueError(f"{SECTION}.every>0 needs the whole policy on rank zero, which generates alone: not with "
                          f"DeepSpeed ZeRO-3 or FSDP (sharded weights). Use ZeRO-2 / DDP or set {SECTION}.every=0.")
     view = eval_view(section)

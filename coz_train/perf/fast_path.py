@@ -40,6 +40,7 @@ from coz_train.perf.replacement import Replacement, recorded, replaced
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.text_cache import install_text_cache
 from coz_train.perf.vision_cache import install_vision_cache
+from coz_train.zero3 import trainer_uses_zero3
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class FastPath:
     def install(self, trainer: Any) -> FastPath:
         if self.trainer is not None:
             raise RuntimeError("this FastPath is installed already; remove it first")
-        zero3 = bool(trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
-        self.refuse_unsupported(trainer, zero3)
+        self.refuse_unsupported(trainer, trainer_uses_zero3(trainer))
         models = [("policy", trainer.model)] + ([("reference", trainer.ref_model)] if trainer.ref_model is not None
                                                 else [])
         processor = trainer.processing_class
