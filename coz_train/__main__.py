@@ -18,10 +18,10 @@ def main(cfg: DictConfig) -> None:
     with hydra_errors():
         from coz_train.preflight import preflight
 
-        preflight(cfg)  # counts, versions and every model, before torch and the model libraries load
+        checked = preflight(cfg)  # counts, versions and every model, before torch and the model libraries load
         from coz_train.train import train
 
-        train(cfg)
+        train(cfg, checked)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The checks of a training run that need no model library, run before torch, transformers or TRL load.
 
 `python -m coz_train` composes the config (schema-checked by Hydra), then `preflight(cfg)` checks the counts,
-the run folder, the `perf` switches against the installed library versions, and every model the run will load:
+the run folder and every model the run will load:
 a run that cannot start says so within about the time of composing its config (`scripts/startup_bench.py`
 measures it), naming every missing model in one error, instead of naming the policy, and on the next try the
 critic, each after the model libraries have loaded. Only then does `coz_train.train` import the rest.
@@ -9,13 +9,16 @@ critic, each after the model libraries have loaded. Only then does `coz_train.tr
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.hub import ModelNotAvailableError, locate_model
-from coz_train.perf.versions import check_tested_versions
+
+log = logging.getLogger(__name__)
 
 POSITIVE_COUNTS = ("max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
                    "max_completion_length", "save_steps", "logging_steps")
@@ -77,10 +80,35 @@ def check_models(models: list[tuple[str, str, str | None]]) -> None:
         raise ModelNotAvailableError(f"{len(problems)} models of this run cannot be loaded.\n" + "\n".join(problems))
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Everything about a training run that can be checked without a model library."""
+@dataclass(frozen=True)
+class Preflight:
+    """A run that passed `preflight`: the models it will load, each reachable, and where it resumes."""
+
+    models: tuple[tuple[str, str, str | None], ...]  # (config key, name, revision)
+    resume: str | None  # the checkpoint to resume from (resume=auto|<path>), None for a fresh start
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint `resume` names: none, the newest complete one in the run folder (auto), or a path."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        from coz_train.checkpoints import latest_complete  # a run folder to read: the libraries may load now
+
+        found = latest_complete(cfg.output_dir)
+        log.info("resume=auto: %s", found or "no complete checkpoint found, starting fresh")
+        return str(found) if found else None
+    if not Path(cfg.resume).is_dir():
+        raise FileNotFoundError(f"resume='{cfg.resume}' is not a checkpoint folder (use resume=auto|none|<checkpoint-N path>).")
+    return cfg.resume
+
+
+def preflight(cfg: DictConfig) -> Preflight:
+    """Everything about a training run that can be checked without a model library; `coz_train.train.check_run`
+    goes on from here with the checks that need one."""
     check_run_config(cfg)
-    check_tested_versions(cfg.perf)
     if critic_needed(weighted_rewards(cfg.rewards)) and cfg.critic.backend == "server" and not cfg.critic.url:
         raise ValueError("critic.backend=server needs critic.url=http://<host>:<port> (see conf/critic/server.yaml).")
-    check_models(run_models(cfg))
+    models = run_models(cfg)
+    check_models(models)
+    return Preflight(tuple(models), resume_checkpoint(cfg))

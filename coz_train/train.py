@@ -1,29 +1,48 @@
-"""GRPO training of the Chain-of-Zoom prompt VLM: data -> policy -> rewards -> TRL GRPOTrainer.
+"""GRPO training of the Chain-of-Zoom prompt VLM: check -> build -> train.
 
     python -m coz_train +experiment=smoke                                   # offline, CPU, minutes
     python -m coz_train +experiment=grpo_qwen data.image_dir=/data/LSDIR   # the paper's recipe
 
-Everything cheap and checkable happens before a model loads: the config schema (Hydra), the
-reward names and parameters, and whether the policy and critic can be had at all.
+One path, down the layers once: `preflight` (coz_train/preflight.py: counts, the run folder, every model
+reachable, before any model library loads) -> `check_run` (everything else that needs no weights: rewards,
+data, evaluation during training, the `perf` switches, the initial adapter, wandb, TRL's GRPOConfig, the
+checkpoint to resume from) -> `build_trainer` (builds only) -> `trainer.train()` -> the final adapter.
+
+The variant is TRL's GRPO (`grpo.loss_type=grpo`: PPO-style clipped ratio, `grpo.epsilon`, plus `grpo.beta`
+times the per-token KL to the reference, which is the base model with the LoRA adapters switched off; advantages
+are each completion's reward minus its group's mean, over the group's standard deviation). One optimizer step
+of the paper's config (conf/grpo/default.yaml: 8 prompts x 8 generations = 64 rollouts per device) does, in order:
+1. data: 8 zoom-pair prompts (previous state + zoomed crop) from the dataset (coz_train/data/);
+2. rollouts: the policy samples 8 completions per prompt (TRL's generation; coz_train/perf/merge.py,
+   rollout_prefix.py, compiled_decode.py when their switches are on);
+3. rewards: each weighted reward scores every completion (coz_train/rewards/: the critic VLM, phrase exclusion,
+   repetition; coz_train/rewards/guard.py retries or stops on failure), summed with `rewards.<name>.weight`,
+   then normalised within each group into advantages (TRL);
+4. reference log-probs with the adapters off (TRL; coz_train/perf/group_prefix.py shares each group's prompt);
+5. 8 micro-steps of 8 completions (coz_train/perf/group_batches.py keeps groups whole): the policy's per-token
+   log-probs, the clipped objective + KL, backward (TRL's loss);
+6. gradient clipping (`grpo.max_grad_norm`), the AdamW step and the learning-rate schedule (TRL / transformers);
+7. logging (coz_train/callbacks.py) and, every `grpo.save_steps`, a checkpoint in the official adapter layout
+   with its model card (coz_train/trainer.py, checkpoints.py, model_card.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
 from coz_train.callbacks import RewardProgressCallback, SampleLogger
 from coz_train.checkpoints import (
     CompleteMarkerCallback,
     checkpoint_step,
     finish_from_checkpoint,
-    latest_complete,
     publish_adapter,
 )
 from coz_train.config import GRPOSection
@@ -35,11 +54,12 @@ from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
-from coz_train.preflight import check_run_config, critic_needed, preflight
+from coz_train.preflight import Preflight, critic_needed, preflight
 from coz_train.rewards import active_rewards, build_rewards
 from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
 from coz_train.wandb_setup import configure_wandb
+from coz_train.zero3 import launched_with_zero3
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +88,6 @@ def grpo_args(cfg: DictConfig, reward_weights: list[float], report_to: list[str]
     return GRPOConfig(**kwargs)
 
 
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    if cfg.resume == "none":
-        return None
-    if cfg.resume == "auto":
-        found = latest_complete(cfg.output_dir)
-        log.info("resume=auto: %s", found or "no complete checkpoint found, starting fresh")
-        return str(found) if found else None
-    if not Path(cfg.resume).is_dir():
-        raise FileNotFoundError(f"resume='{cfg.resume}' is not a checkpoint folder (use resume=auto|none|<checkpoint-N path>).")
-    return cfg.resume
-
-
 def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
     """The `perf` switches against the library versions, the policy's architecture and freeze settings, before
     any weights load."""
@@ -104,7 +112,7 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
 
         check_cache_implementation((cfg.grpo.generation_kwargs or {}).get("cache_implementation")
                                    or cfg.grpo.cache_implementation)
-    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":  # set by `accelerate launch` for ZeRO-3 configs
+    if launched_with_zero3():
         for switch in ("vision_cache", "merge_adapters_for_generation", "compiled_decode"):
             if perf[switch]:
                 raise ValueError(f"perf.{switch} does not work with DeepSpeed ZeRO-3 (sharded weights): set "
@@ -121,9 +129,6 @@ def attach_lora(policy_cfg: DictConfig, model: Any) -> tuple[Any, Any]:
     loaded in full and trained on (TRL then keeps a frozen copy of it as the KL reference)."""
     if not policy_cfg.init_adapter:
         return model, lora_config(policy_cfg, model)
-    if not (policy_cfg.freeze_vision_tower and policy_cfg.freeze_projector):
-        raise ValueError("policy.init_adapter trains the given adapter as saved: leave policy.freeze_vision_tower and "
-                         "policy.freeze_projector true (the adapter's own modules_to_save still train).")
     model = load_adapter(model, policy_cfg.init_adapter, is_trainable=True, key="policy.init_adapter")
     config = model.peft_config["default"]
     log.info("policy.init_adapter=%s: r=%s, lora_alpha=%s on %d modules (policy.lora is not used)",
@@ -131,20 +136,24 @@ def attach_lora(policy_cfg: DictConfig, model: Any) -> tuple[Any, Any]:
     return model, None
 
 
-_FIND: Any = object()  # build_trainer looks the checkpoint up itself
+@dataclass
+class RunPlan:
+    """What `check_run` found: everything a run needs that is known before any weights load."""
+
+    rewards: list[tuple[str, float, dict[str, Any]]]  # (name, weight, params) of the rewards with a weight
+    policy_path: str  # loadable by from_pretrained (a tiny or random model is built by now)
+    report_to: list[str]
+    args: Any  # TRL's GRPOConfig, checked (batch sizes against num_generations) and kept for the trainer
+    resume: str | None  # the checkpoint to resume from
 
 
-def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str | None]:
-    """Everything up to `trainer.train()`: returns the GRPOTrainer (with the `perf` fast path installed) and the
-    checkpoint to resume from (`resume`, when the caller has looked it up already)."""
-    from transformers import set_seed
-
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    set_seed(cfg.seed)
-    check_run_config(cfg)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-
+def check_run(cfg: DictConfig, checked: Preflight | None = None) -> RunPlan:
+    """Every check of a run that needs no weights, once, in this order: the cheap ones before any model library
+    loads (`coz_train.preflight`: counts, the run folder, every model reachable), then the reward names and
+    parameters, the data, evaluation during training, the `perf` switches against the libraries and the policy,
+    the initial adapter, wandb, TRL's GRPOConfig and the checkpoint to resume from. `checked`: the result of
+    `preflight(cfg)` when the caller ran it already (the command line does, before this module is imported)."""
+    checked = checked if checked is not None else preflight(cfg)
     rewards = active_rewards(cfg.rewards, cfg)
     for name, weight, _ in rewards:
         if weight < 0:
@@ -153,45 +162,60 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
     check_data_config(cfg.data)
     check_eval_during_training(cfg)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
-    if critic_needed(rewards):
-        if cfg.critic.backend == "server":
-            if not cfg.critic.url:
-                raise ValueError("critic.backend=server needs critic.url=http://<host>:<port> (see conf/critic/server.yaml).")
-        else:
-            resolve_model(cfg.critic.name_or_path, "critic.name_or_path", cfg.critic.revision)
     check_perf_config(cfg, policy_path)
     if cfg.policy.init_adapter:
-        check_adapter_folder(cfg.policy.init_adapter, "policy.init_adapter")
+        check_init_adapter(cfg.policy)
     report_to = configure_wandb(cfg)
-    # GRPOConfig checks batch sizes against num_generations: built once here, before any model loads, only to check
-    # them. A live GRPOConfig with a ZeRO-3 config makes every from_pretrained shard its weights (zero.Init), and the
-    # critic must stay whole: the config the trainer uses is built again after the models have loaded.
-    grpo_args(cfg, [weight for _, weight, _ in rewards], report_to)
+    # A live GRPOConfig with a ZeRO-3 config makes every from_pretrained shard its weights (zero.Init), and the
+    # critic must stay whole: its DeepSpeed config is taken off until the models have loaded (build_trainer).
+    args = grpo_args(cfg, [weight for _, weight, _ in rewards], report_to)
     unset_hf_deepspeed_config()
-    if resume is _FIND:
-        resume = resume_checkpoint(cfg)
+    return RunPlan(rewards, policy_path, report_to, args, checked.resume)
+
+
+def check_init_adapter(policy_cfg: DictConfig) -> None:
+    check_adapter_folder(policy_cfg.init_adapter, "policy.init_adapter")
+    if not (policy_cfg.freeze_vision_tower and policy_cfg.freeze_projector):
+        raise ValueError("policy.init_adapter trains the given adapter as saved: leave policy.freeze_vision_tower and "
+                         "policy.freeze_projector true (the adapter's own modules_to_save still train).")
+
+
+def build_trainer(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[Any, str | None]:
+    """The GRPOTrainer of a checked run (`plan`, from `check_run`; checked here when not given), with the `perf`
+    fast path installed, and the checkpoint to resume from. Builds only: data, processor, policy (+ LoRA),
+    rewards (the critic loads here), TRL's trainer."""
+    from transformers import set_seed
+
+    plan = plan if plan is not None else check_run(cfg)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    set_seed(cfg.seed)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
     dataset = build_zoom_dataset(cfg.data, cfg.seed, cfg.policy)
-    processor = load_processor(policy_path, cfg.policy)
-    model = load_vlm(policy_path, cfg.policy)
+    processor = load_processor(plan.policy_path, cfg.policy)
+    model = load_vlm(plan.policy_path, cfg.policy)
     model, peft_config = attach_lora(cfg.policy, model)
     reward_funcs, reward_weights = build_rewards(cfg)
     guard = UpdateGuard(cfg.reward_failure.on_failure)
     failure = cfg.reward_failure
     reward_funcs = guard_rewards(reward_funcs, guard, failure.retries, failure.backoff_s, failure.deadline_s)
-    args = grpo_args(cfg, reward_weights, report_to)
+    args = plan.args
+    if getattr(args, "hf_deepspeed_config", None) is not None:  # only with grpo.deepspeed set
+        set_hf_deepspeed_config(args.hf_deepspeed_config)  # the models are loaded: the DeepSpeed config back on
 
     from transformers.trainer_callback import ProgressCallback
 
     from coz_train.perf.fast_path import FastPath
     from coz_train.trainer import CozGRPOTrainer
 
-    samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count, "wandb" in report_to)
+    samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count,
+                           "wandb" in plan.report_to)
     # the card before CompleteMarkerCallback: a checkpoint is complete with its card written
     callbacks = [samples, ModelCardCallback(cfg), CompleteMarkerCallback(), PreemptionCallback(),
                  UpdateGuardCallback(guard)]
     if cfg.eval_during_training.every:  # after PreemptionCallback: a preempted step saves without evaluating
-        callbacks.append(EvalDuringTraining(cfg, "wandb" in report_to))
+        callbacks.append(EvalDuringTraining(cfg, "wandb" in plan.report_to))
     trainer = CozGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -207,22 +231,23 @@ def build_trainer(cfg: DictConfig, resume: str | None = _FIND) -> tuple[Any, str
     trainer.add_callback(RewardProgressCallback())
     log.info(
         "GRPO: %d zoom pairs, rewards %s, %d steps",
-        len(dataset), {name: weight for name, weight, _ in rewards}, args.max_steps,
+        len(dataset), {name: weight for name, weight, _ in plan.rewards}, args.max_steps,
     )
-    return trainer, resume
+    return trainer, plan.resume
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train and save the final adapter to `<output_dir>/adapter`; return that folder.
+def train(cfg: DictConfig, checked: Preflight | None = None) -> Path:
+    """Check, build, train, and save the final adapter to `<output_dir>/adapter`; return that folder.
 
     On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE. A run resumed after its
-    last step (a requeued job that had finished) trains nothing and changes nothing.
+    last step (a requeued job that had finished) trains nothing and changes nothing: it is found before the
+    checks that need a model library. `checked`: `preflight(cfg)`'s result, when the caller ran it.
     """
-    preflight(cfg)
-    finished = resume_checkpoint(cfg)
+    checked = checked if checked is not None else preflight(cfg)
+    finished = checked.resume
     if finished and checkpoint_step(finished) >= cfg.grpo.max_steps:
         return finish_from_checkpoint(Path(finished), Path(cfg.output_dir))
-    trainer, resume = build_trainer(cfg, finished)
+    trainer, resume = build_trainer(cfg, check_run(cfg, checked))
     trainer.train(resume_from_checkpoint=resume)
     trainer.remove_fast_path()
     run_dir = Path(cfg.output_dir)
