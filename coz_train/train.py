@@ -54,7 +54,7 @@ from coz_train.perf.versions import check_tested_versions
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
-from coz_train.preflight import Preflight, critic_needed, preflight
+from coz_train.preflight import Preflight, critic_needed, preflight, weighted_rewards
 from coz_train.rewards import active_rewards, build_rewards
 from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
@@ -120,7 +120,7 @@ def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
     if perf.vision_cache and not (cfg.policy.freeze_vision_tower and cfg.policy.freeze_projector):
         raise ValueError("perf.vision_cache=true needs a frozen vision tower and projector "
                          "(policy.freeze_vision_tower=true, policy.freeze_projector=true); set perf.vision_cache=false.")
-    if critic_needed(active_rewards(cfg.rewards)):
+    if critic_needed(weighted_rewards(cfg.rewards)):  # the rewards' own checks ran in check_run
         critic_prefix_wanted(cfg)
 
 

@@ -15,9 +15,7 @@ import importlib.metadata
 import runpy
 import sys
 
-
-def minor(version: str) -> str:
-    return ".".join(version.split("+")[0].split(".")[:2])
+from coz_train.compat.bounds import minor_of
 
 
 def widen_tested() -> dict[str, tuple[list[str], str]]:
@@ -32,7 +30,7 @@ def widen_tested() -> dict[str, tuple[list[str], str]]:
     added = {}
     for name, value in list(tested.items()):
         try:
-            installed = minor(importlib.metadata.version(name))
+            installed = minor_of(importlib.metadata.version(name))
         except importlib.metadata.PackageNotFoundError:
             continue
         was = [value] if isinstance(value, str) else list(value)

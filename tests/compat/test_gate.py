@@ -7,7 +7,8 @@ import sys
 import textwrap
 
 import coz_train.perf.versions as versions
-from coz_train.compat.gate import minor, widen_tested
+from coz_train.compat.bounds import minor_of as minor
+from coz_train.compat.gate import widen_tested
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
 
