@@ -5,7 +5,7 @@
     python -m coz_train.data.bench --figure docs/figures/training_pairs.png
 
 Timing: one image's chain at `--size` (512 = the paper's process_size), depth by depth, each depth one call of
-`coz_train.eval.chain.recursive_chains` (crop, bicubic zoom, the backbone on the crop), the way
+`coz_train.sr.chain.recursive_chains` (crop, bicubic zoom, the backbone on the crop), the way
 `coz_train.data.chains` builds training chains; the model load is reported apart, the first call is not a warm-up
 (it is what a build pays). `osediff_sd3` here is the tiny random SD3 of `coz_train.tiny.sd3` (offline): its cost
 says nothing about the real SD3-medium, which needs a GPU. Prompts are empty (data.backbone_prompts=null).
@@ -43,8 +43,8 @@ def backbone_cfg(name: str, workdir: Path) -> dict[str, Any]:
 
 
 def time_backbone(name: str, start: Any, depth: int, device: torch.device, workdir: Path) -> dict[str, Any]:
-    from coz_train.eval.backbones import load_backbone
-    from coz_train.eval.chain import recursive_chains
+    from coz_train.sr.backbones import load_backbone
+    from coz_train.sr.chain import recursive_chains
 
     t0 = time.perf_counter()
     backbone = load_backbone(name, backbone_cfg(name, workdir), device)
@@ -149,9 +149,9 @@ def main() -> None:
     if args.figure:
         pairs_figure(args.figure_backbone, args.image, args.size, args.depth, args.figure)
         return
-    from coz_train.eval.shards import eval_device
+    from coz_train.devices import rank_device
 
-    bench(args.backbones, args.size, args.depth, args.image, eval_device(args.device), args.out)
+    bench(args.backbones, args.size, args.depth, args.image, rank_device(args.device), args.out)
 
 
 if __name__ == "__main__":

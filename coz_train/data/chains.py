@@ -10,7 +10,7 @@ chain of one image is (P = process_size, s = scale):
 - the backbone turns the crop (and a prompt) into state k. The prompt comes from `data.backbone_prompts`:
   null (empty, the official null-prompt chain), text (data.backbone_prompt_text) or vlm (the base policy VLM,
   no adapter, greedy, writing from the same images as the training message: what an untrained chain shows).
-The chain itself is `coz_train.eval.chain.recursive_chains`, the evaluation's own, given these crop windows.
+The chain itself is `coz_train.sr.chain.recursive_chains`, the evaluation's own, given these crop windows.
 
 With a resampler the states are the zoomed images themselves; that path (`dataset._rows`) is unchanged, and a
 bicubic backbone through this path gives the same rows (tested).
@@ -60,7 +60,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".jso
 
 def upscalers() -> list[str]:
     """Every valid data.upscaler: the resamplers, then the registered backbones that are not also resamplers."""
-    from coz_train.eval.backbones import registered_backbones
+    from coz_train.sr.backbones import registered_backbones
 
     return sorted(RESAMPLERS) + [name for name in registered_backbones() if name not in RESAMPLERS]
 
@@ -100,7 +100,7 @@ def check_chain_config(data_cfg: Any) -> None:
 
 def backbone_config(data_cfg: Any) -> Any:
     """The backbone section: schema defaults <- conf/eval/backbone/<name>.yaml <- the non-null data.backbone keys."""
-    from coz_train.eval.backbones import backbone_section
+    from coz_train.sr.backbones import backbone_section
 
     return backbone_section(data_cfg.upscaler, OmegaConf.to_container(data_cfg.backbone, resolve=True), "data.backbone")
 
@@ -127,17 +127,17 @@ def path_identity(name: str) -> Any:
 def weights_identity(bcfg: Any) -> Any:
     """What makes the backbone's weights these weights, for the cache key."""
     if bcfg.name == "realesrgan_x4plus":
-        from coz_train.eval.backbones.realesrgan import NCNN_PACKAGE, ncnn_model_files
+        from coz_train.sr.backbones.realesrgan import NCNN_PACKAGE, ncnn_model_files
 
         version = importlib.metadata.version(NCNN_PACKAGE.replace("_", "-"))
         return [f"{NCNN_PACKAGE}=={version}"] + [[p.name, sha256_file(p)] for p in ncnn_model_files()]
     if bcfg.name == "osediff_sd3":
-        from coz_train.eval.backbones.osediff_sd3 import DEFAULT_SD3, _find_lora_file
+        from coz_train.sr.backbones.osediff_sd3 import DEFAULT_SD3, find_lora_file
 
         if not bcfg.lora_dir:
             raise ValueError(OSEDIFF_LORA_HELP)
         lora_dir = Path(bcfg.lora_dir).expanduser()
-        loras = [_find_lora_file(lora_dir, bcfg.transformer_lora, "SR_LoRA"), _find_lora_file(lora_dir, bcfg.vae_lora, "SR_VAE")]
+        loras = [find_lora_file(lora_dir, bcfg.transformer_lora, "SR_LoRA"), find_lora_file(lora_dir, bcfg.vae_lora, "SR_VAE")]
         return [path_identity(bcfg.sd3 or DEFAULT_SD3)] + [[p.name, sha256_file(p)] for p in loras]
     return None  # resamplers and backbones without weight files: the name and config say it all
 
@@ -173,11 +173,11 @@ class ChainBuilder:
         self.prompt_fn: Callable[[list[list[Image.Image]]], list[str]] | None = None
 
     def load(self) -> None:
-        from coz_train.eval.backbones import load_backbone
-        from coz_train.eval.shards import eval_device
+        from coz_train.devices import rank_device
+        from coz_train.sr.backbones import load_backbone
 
         cfg, bcfg = self.cfg, backbone_config(self.cfg)
-        device = eval_device(cfg.device)
+        device = rank_device(cfg.device)
         log.info("Backbone chains: loading %s on %s", bcfg.name, device)
         self.backbone = load_backbone(bcfg.name, bcfg, device)
         if self.backbone.scale != cfg.scale:
@@ -187,7 +187,7 @@ class ChainBuilder:
             log.warning("data.backbone_prompts=vlm: %s ignores prompts, so no VLM is loaded (null would do).", bcfg.name)
             source = "null"
         if source == "vlm":
-            from coz_train.eval.prompter import VLMPrompter
+            from coz_train.sr.prompter import VLMPrompter
 
             prompter = VLMPrompter(self.policy_cfg, None, device, cfg.backbone_prompt_tokens, False, cfg.backbone_batch_size)
             single = cfg.single_image_prompt
@@ -199,7 +199,7 @@ class ChainBuilder:
     def rows(self, items: list[tuple[int, str, Any]], open_item: Callable[[Any], Any], report: SkipReport,
              used: list[str]) -> list[dict]:
         """Rows for (global index, name, item) triples, in the order of the resampler path: image, chain, depth."""
-        from coz_train.eval.chain import recursive_chains
+        from coz_train.sr.chain import recursive_chains
 
         cfg = self.cfg
         starts, boxes, names = [], [], []

@@ -38,9 +38,9 @@ from coz_train.cli import add_debug_switch, run_argparse
 from coz_train.eval.images import eval_image_list
 from coz_train.eval.merge import missing_images
 from coz_train.eval.methods import method_sources, onestep_sources, prompt_sources
-from coz_train.eval.prompter import as_adapter, as_base, is_vlm
 from coz_train.eval.record import check_record
 from coz_train.eval.run import evaluate
+from coz_train.sr.prompter import as_adapter, as_base, is_vlm
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
 from coz_train.callbacks import LOG_HISTORY
-from coz_train.eval.prompter import VLMPrompter
+from coz_train.sr.prompter import VLMPrompter
 from coz_train.zero3 import launched_with_zero3
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def check_eval_during_training(cfg: DictConfig) -> None:
     """Everything about `eval_during_training` that can be checked before a model loads (nothing when off)."""
     from coz_train.eval.methods import check_eval_config
     from coz_train.eval.metrics import METRIC_NAMES
-    from coz_train.eval.prompter import as_base
+    from coz_train.sr.prompter import as_base
 
     section = cfg.eval_during_training
     if section.every < 0:
@@ -99,7 +99,7 @@ def check_eval_during_training(cfg: DictConfig) -> None:
 
 def check_backbone(backbone: DictConfig) -> None:
     """The backbone's code imports and its files are where the config says (loading it is left to the first eval)."""
-    from coz_train.eval.backbones import backbone_uses_prompt
+    from coz_train.sr.backbones import backbone_uses_prompt
 
     key = f"{SECTION}.backbone"
     try:
@@ -110,7 +110,7 @@ def check_backbone(backbone: DictConfig) -> None:
         log.warning("%s.name=%s ignores prompts: its metrics do not move with the adapter, only the prompts in the "
                     "figures do.", key, backbone.name)
     if backbone.name == "realesrgan_x4plus":
-        from coz_train.eval.backbones.realesrgan import ncnn_model_files
+        from coz_train.sr.backbones.realesrgan import ncnn_model_files
 
         ncnn_model_files()
     if backbone.name == "osediff_sd3":
@@ -231,13 +231,13 @@ class EvalDuringTraining(TrainerCallback):
         return scalars, figures
 
     def _load(self) -> None:
-        from coz_train.eval.backbones import load_backbone
+        from coz_train.devices import rank_device
         from coz_train.eval.images import eval_image_list, open_eval_image
         from coz_train.eval.metrics import build_metrics
-        from coz_train.eval.shards import eval_device
+        from coz_train.sr.backbones import load_backbone
 
         ev = self.view.eval
-        device = eval_device(ev.device)
+        device = rank_device(ev.device)
         if self.images is None:
             images = []
             for image in eval_image_list(ev):
@@ -260,11 +260,11 @@ class EvalDuringTraining(TrainerCallback):
         from accelerate.utils import extract_model_from_parallel
 
         from coz_train.data.zoom import start_state
-        from coz_train.eval.chain import reference_states
         from coz_train.eval.figures import chain_figure
         from coz_train.eval.methods import method_labels, zoom_scales
         from coz_train.eval.run import run_chains, score_chains
         from coz_train.eval.tables import Results, markdown, write_csv
+        from coz_train.sr.chain import reference_states
 
         self._load()
         ev = self.view.eval

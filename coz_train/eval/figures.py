@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from coz_train.eval.chain import Chain  # noqa: E402
 from coz_train.eval.tables import Row  # noqa: E402
 from coz_train.printable import printable  # noqa: E402
+from coz_train.sr.chain import Chain  # noqa: E402
 
 
 def draw_chains(chains: list[Chain], scale: int) -> Figure:

@@ -14,10 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from coz_train.eval.backbones import registered_backbones
-from coz_train.eval.chain import METHODS, PROMPTED_METHODS, check_geometry
-from coz_train.eval.colorfix import COLORFIXES
-from coz_train.eval.prompter import PROMPT_SOURCES, check_adapter, uses_user_prompt
+from coz_train.sr.backbones import registered_backbones
+from coz_train.sr.chain import METHODS, PROMPTED_METHODS, check_geometry
+from coz_train.sr.colorfix import COLORFIXES
+from coz_train.sr.prompter import PROMPT_SOURCES, check_adapter, uses_user_prompt
 
 
 def _sources(values: Any) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from coz_train.eval.chain import Chain
+from coz_train.sr.chain import Chain
 
 RECORD = "eval_record.json"
 SCORES = "scores.json"

@@ -9,8 +9,8 @@
 Methods (`eval.methods`): `nearest`, `bicubic` (plain resizes, one result each) and the backbone
 methods `onestep`, `recursive`, `recursive_multiscale`, one result per prompt source named
 `<method>-<source>` (`coz_train.eval.methods`). Geometry and what each prompt source sees:
-`coz_train.eval.chain`; the sources (`null`, `user`, `vlm`, `vlm+adapter`, `vlm+user`,
-`vlm+adapter+user`): `coz_train.eval.prompter`.
+`coz_train.sr.chain`; the sources (`null`, `user`, `vlm`, `vlm+adapter`, `vlm+user`,
+`vlm+adapter+user`): `coz_train.sr.prompter`.
 
 Each process evaluates its share of the images (`shards.py`: eval.shard of eval.num_shards, then
 its rank under accelerate), skipping those the run folder already has (`record.py`: one atomic
@@ -34,8 +34,15 @@ import torch
 from omegaconf import DictConfig
 
 from coz_train.data.zoom import start_state
-from coz_train.eval.backbones import load_backbone
-from coz_train.eval.chain import (
+from coz_train.devices import rank_device
+from coz_train.eval.images import EvalImage, eval_image_list, open_eval_image
+from coz_train.eval.merge import merge, missing_images
+from coz_train.eval.methods import check_eval_config, method_labels, used_sources, zoom_scales
+from coz_train.eval.record import Score, is_finished, open_record, write_sample, write_skip
+from coz_train.eval.shards import current_shard
+from coz_train.progress import progress_bar
+from coz_train.sr.backbones import load_backbone
+from coz_train.sr.chain import (
     PROMPTED_METHODS,
     RESAMPLE_METHODS,
     Chain,
@@ -44,13 +51,7 @@ from coz_train.eval.chain import (
     reference_states,
     resample_chain,
 )
-from coz_train.eval.images import EvalImage, eval_image_list, open_eval_image
-from coz_train.eval.merge import merge, missing_images
-from coz_train.eval.methods import check_eval_config, method_labels, used_sources, zoom_scales
-from coz_train.eval.prompter import VLMPrompter, is_vlm, prompt_source
-from coz_train.eval.record import Score, is_finished, open_record, write_sample, write_skip
-from coz_train.eval.shards import current_shard, eval_device
-from coz_train.progress import progress_bar
+from coz_train.sr.prompter import VLMPrompter, is_vlm, prompt_source
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def evaluate_images(cfg: DictConfig, out: Path, images: list[EvalImage]) -> None
     from coz_train.eval.metrics import build_metrics
 
     ev = cfg.eval
-    device = eval_device(ev.device)
+    device = rank_device(ev.device)
     metrics, unavailable = build_metrics(list(ev.metrics), device)
     for name, reason in unavailable.items():
         log.warning("Metric %s unavailable: %s", name, reason)

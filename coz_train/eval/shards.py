@@ -1,4 +1,4 @@
-"""Which of the eval images this process evaluates, and on which device.
+"""Which of the eval images this process evaluates (the device: `coz_train.devices.rank_device`).
 
 Two levels, both deterministic splits by position in the sorted image list (`images.py`):
 - the task: `eval.shard` of `eval.num_shards` (a SLURM array task; `slurm/eval.sbatch` sets both
@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass
 from typing import TypeVar
 
-import torch
 from omegaconf import DictConfig
 
 T = TypeVar("T")
@@ -46,11 +45,3 @@ def current_shard(ev: DictConfig) -> Shard:
     """This process's place: eval.shard / eval.num_shards, and RANK / WORLD_SIZE of a distributed launch."""
     return Shard(ev.shard, ev.num_shards, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
 
-
-def eval_device(name: str) -> torch.device:
-    """`auto`: this rank's GPU (LOCAL_RANK) when there is one, else the CPU; otherwise the device named."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(name)

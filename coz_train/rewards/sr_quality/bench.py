@@ -49,9 +49,9 @@ def reward_inputs(groups: int, generations: int, size: int, scale: int = 4) -> d
 
 
 def time_reward(groups: int, generations: int, size: int, reps: int, metric: str, reference_aware: bool) -> dict:
-    from coz_train.eval.backbones import load_backbone
     from coz_train.rewards.sr_quality.reward import SRQualityReward, frozen_backbone, load_metric
     from coz_train.rewards.sr_quality.settings import parse_settings
+    from coz_train.sr.backbones import load_backbone
     from coz_train.tiny.sd3 import ensure_tiny_sd3, write_official_lora_files
 
     device = torch.device("cpu")

@@ -143,7 +143,7 @@ def build_judge(cfg: DictConfig, settings: SRQualitySettings) -> CriticReward:
 
 @register(NAME, params=tuple(SRQualitySettings.__dataclass_fields__), check=check_settings)
 def build_sr_quality_reward(params: dict[str, Any], cfg: DictConfig) -> SRQualityReward:
-    from coz_train.eval.backbones import load_backbone
+    from coz_train.sr.backbones import load_backbone
 
     settings = check_settings(params, cfg)
     device = critic_device(settings.device)  # the critic's rule: auto = this rank's GPU, else the CPU

@@ -58,7 +58,7 @@ def parse_settings(params: dict[str, Any]) -> SRQualitySettings:
 
 def backbone_config(settings: SRQualitySettings) -> DictConfig:
     """`rewards.sr_quality.backbone` over conf/eval/backbone/<name>.yaml, as `data.backbone` is read."""
-    from coz_train.eval.backbones import backbone_section
+    from coz_train.sr.backbones import backbone_section
 
     name = settings.backbone.get("name")
     if not name:
@@ -68,7 +68,7 @@ def backbone_config(settings: SRQualitySettings) -> DictConfig:
 
 def check_settings(params: dict[str, Any], cfg: DictConfig | None) -> SRQualitySettings:
     """Everything that can be refused without loading a model; `cfg` (the whole config) when there is one."""
-    from coz_train.eval.backbones import backbone_uses_prompt
+    from coz_train.sr.backbones import backbone_uses_prompt
 
     s = parse_settings(params)
     if s.metric not in METRIC_RANGES:

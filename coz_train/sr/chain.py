@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from coz_train.data.zoom import Box
-from coz_train.eval.backbones.base import SRBackbone
-from coz_train.eval.colorfix import apply_colorfix
+from coz_train.sr.backbones.base import SRBackbone
+from coz_train.sr.colorfix import apply_colorfix
 
 # [[previous, zoomed], ...] (recursive_multiscale) or [[zoomed], ...] (recursive, onestep) -> one prompt per item
 PromptSource = Callable[[list[list[Image.Image]]], list[str]]

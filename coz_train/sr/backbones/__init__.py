@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from coz_train.eval.backbones.base import SRBackbone, build_backbone, register_backbone, registered_uses_prompt
+from coz_train.sr.backbones.base import SRBackbone, build_backbone, register_backbone, registered_uses_prompt
 
 # name -> module that registers it; imported only when that backbone is used (diffusers is heavy)
 BACKBONE_MODULES = {
@@ -28,7 +28,7 @@ def registered_backbones() -> list[str]:
 def _import(name: str, key: str) -> None:
     if name not in BACKBONE_MODULES:
         raise KeyError(f"{key}='{name}' is not one of {registered_backbones()}.")
-    importlib.import_module(f"coz_train.eval.backbones.{BACKBONE_MODULES[name]}")  # no weights load here
+    importlib.import_module(f"coz_train.sr.backbones.{BACKBONE_MODULES[name]}")  # no weights load here
 
 
 def load_backbone(name: str, cfg: Any, device: torch.device) -> SRBackbone:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from coz_train.eval.backbones.base import register_backbone
+from coz_train.sr.backbones.base import register_backbone
 
 
 class Resampler:

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from coz_train.config import config_dir
-from coz_train.eval.backbones import backbone_section, backbone_uses_prompt, load_backbone, register_backbone
+from coz_train.sr.backbones import backbone_section, backbone_uses_prompt, load_backbone, register_backbone
 
 
 def test_registrations_declare_which_backbones_read_the_prompt():
@@ -18,8 +18,8 @@ def test_registrations_declare_which_backbones_read_the_prompt():
 
 
 def test_a_built_backbone_that_contradicts_its_registration_is_refused(monkeypatch):
-    import coz_train.eval.backbones as backbones
-    from coz_train.eval.backbones import base
+    import coz_train.sr.backbones as backbones
+    from coz_train.sr.backbones import base
 
     class Liar:
         name, scale, uses_prompt = "liar", 4, False

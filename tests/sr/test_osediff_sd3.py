@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from coz_train.config import config_dir
-from coz_train.eval.backbones import load_backbone
-from coz_train.eval.backbones.osediff_sd3 import LoRAInjectedLinear, safe_torch_load
+from coz_train.sr.backbones import load_backbone
+from coz_train.sr.backbones.osediff_sd3 import LoRAInjectedLinear, safe_torch_load
 from coz_train.tiny.sd3 import (
     TRANSFORMER_LORA_FILE,
     VAE_LORA_FILE,

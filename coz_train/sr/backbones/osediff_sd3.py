@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from coz_train.eval.backbones.base import register_backbone
+from coz_train.sr.backbones.base import register_backbone
 
 DEFAULT_SD3 = "stabilityai/stable-diffusion-3-medium-diffusers"
 TRANSFORMER_LORA_FILE = "model_20001.pkl"
@@ -179,7 +179,7 @@ def apply_vae_encoder_lora(vae: nn.Module, path: Path) -> list[str]:
     return modules
 
 
-def _find_lora_file(lora_dir: Path, name: str, official_subdir: str) -> Path:
+def find_lora_file(lora_dir: Path, name: str, official_subdir: str) -> Path:
     for candidate in (lora_dir / name, lora_dir / official_subdir / name):
         if candidate.is_file():
             return candidate
@@ -226,8 +226,8 @@ class OSEDiffSD3:
                 f"eval.backbone.lora_dir={lora_dir} is not a folder: "
                 + _LORA_HELP.format(t=transformer_lora, v=vae_lora)
             )
-        transformer_path = _find_lora_file(lora_dir, transformer_lora, "SR_LoRA")
-        vae_path = _find_lora_file(lora_dir, vae_lora, "SR_VAE")
+        transformer_path = find_lora_file(lora_dir, transformer_lora, "SR_LoRA")
+        vae_path = find_lora_file(lora_dir, vae_lora, "SR_VAE")
         if latent not in ("sample", "mode"):
             raise ValueError(f"eval.backbone.latent='{latent}': use 'sample' (official) or 'mode'.")
 

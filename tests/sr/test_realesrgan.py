@@ -11,9 +11,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from coz_train.config import config_dir
-from coz_train.eval.backbones import realesrgan
-from coz_train.eval.backbones.base import build_backbone
-from coz_train.eval.backbones.realesrgan import (
+from coz_train.sr.backbones import realesrgan
+from coz_train.sr.backbones.base import build_backbone
+from coz_train.sr.backbones.realesrgan import (
     RealESRGANx4plus,
     RRDBNet,
     conv_order,
