@@ -69,7 +69,7 @@ def _renamed(error: Exception) -> Exception:
 def check_eval_during_training(cfg: DictConfig) -> None:
     """Everything about `eval_during_training` that can be checked before a model loads (nothing when off)."""
     from coz_train.eval.methods import check_eval_config
-    from coz_train.eval.metrics import METRIC_NAMES
+    from coz_train.image_quality import METRIC_NAMES
     from coz_train.sr.prompter import as_base
 
     section = cfg.eval_during_training
@@ -233,7 +233,7 @@ class EvalDuringTraining(TrainerCallback):
     def _load(self) -> None:
         from coz_train.devices import rank_device
         from coz_train.eval.images import eval_image_list, open_eval_image
-        from coz_train.eval.metrics import build_metrics
+        from coz_train.image_quality import build_metrics
         from coz_train.sr.backbones import load_backbone
 
         ev = self.view.eval

@@ -102,7 +102,7 @@ def evaluate_images(cfg: DictConfig, out: Path, images: list[EvalImage]) -> None
     from transformers import set_seed
 
     from coz_train.eval.figures import chain_figure
-    from coz_train.eval.metrics import build_metrics
+    from coz_train.image_quality import build_metrics
 
     ev = cfg.eval
     device = rank_device(ev.device)

@@ -54,7 +54,7 @@ def write_table(points: Points, references: list[Row], path: Path) -> None:
 
 def write_markdown(points: Points, references: list[Row], scales: list[int], path: Path) -> None:
     """Per metric: one row per (series, step) and per reference, scales as columns, best in bold."""
-    from coz_train.eval.metrics import higher_is_better
+    from coz_train.image_quality import higher_is_better
 
     rows = [Row(f"{name} @ step {step}", scale, metric, r.mean, r.std, r.n)
             for (name, scale, metric), pts in points.items() for step, r in pts]
@@ -68,7 +68,7 @@ def write_markdown(points: Points, references: list[Row], scales: list[int], pat
 
 def draw_curves(points: Points, references: list[Row], scales: list[int], history: list[dict] | None,
                 path: Path) -> None:
-    from coz_train.eval.metrics import higher_is_better
+    from coz_train.image_quality import higher_is_better
 
     metrics = list(dict.fromkeys(metric for _, _, metric in points))
     names = list(dict.fromkeys(name for name, _, _ in points)) + list(dict.fromkeys(r.method for r in references))

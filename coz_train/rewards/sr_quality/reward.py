@@ -37,12 +37,12 @@ def frozen_backbone(backbone: Any) -> Any:
 
 def load_metric(name: str, device: torch.device) -> Any:
     """The evaluation's metric `name`, or an error saying why it cannot be computed here and what to do."""
-    from coz_train.eval.metrics import build_metrics
+    from coz_train.image_quality import build_metrics
 
     metrics, unavailable = build_metrics([name], device)
     if name not in metrics:
         raise ValueError(f"{KEY}.metric={name} cannot be computed here: {unavailable.get(name)}. NIQE needs only its "
-                         "parameter file (python -m coz_train.eval.metrics --fetch-params); MUSIQ, MANIQA and CLIPIQA "
+                         "parameter file (python -m coz_train.image_quality --fetch-params); MUSIQ, MANIQA and CLIPIQA "
                          f"download their weights once. Choose another {KEY}.metric or make the weights available.")
     return metrics[name]
 

@@ -21,7 +21,7 @@ class SRQualitySettings:
     """Every parameter of the reward but `weight` (conf/rewards/coz.yaml documents each)."""
 
     backbone: dict[str, Any] = field(default_factory=lambda: {"name": "osediff_sd3"})  # an eval backbone config
-    metric: str = "niqe"  # niqe | brisque | piqe | musiq | maniqa | clipiqa (coz_train.eval.metrics)
+    metric: str = "niqe"  # niqe | brisque | piqe | musiq | maniqa | clipiqa (coz_train.image_quality)
     range: list[float] | None = None  # [lo, hi] mapped onto [0, 1]; None: METRIC_RANGES[metric]
     reference_aware: bool = False  # add the agreement of the output with the previous state's crop
     reference_weight: float = 1.0  # its weight beside the IQA score's 1

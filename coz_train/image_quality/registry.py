@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from coz_train.eval.metrics.full_reference import psnr, ssim
-from coz_train.eval.metrics.metric import Metric, MetricUnavailable, first_line
-from coz_train.eval.metrics.no_reference import build_pyiqa
-from coz_train.eval.metrics.offline import offline_reason
+from coz_train.image_quality.full_reference import psnr, ssim
+from coz_train.image_quality.metric import Metric, MetricUnavailable, first_line
+from coz_train.image_quality.no_reference import build_pyiqa
+from coz_train.image_quality.offline import offline_reason
 
 
 @dataclass(frozen=True)

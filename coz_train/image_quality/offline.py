@@ -16,7 +16,7 @@ bounded by FETCH_TIMEOUT_S, if the network is there: one short request to the Hu
 decides it, or HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1 declares it absent. Without network the
 metric is unavailable, with the missing paths and the command that fetches them:
 
-    python -m coz_train.eval.metrics --fetch-weights musiq maniqa clipiqa
+    python -m coz_train.image_quality --fetch-weights musiq maniqa clipiqa
 
 So pyiqa, built only once its files are in place, never downloads one, and nothing here changes the
 socket module or a library's settings. A file these lists miss (another pyiqa version) would still
@@ -35,13 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coz_train.eval.metrics.metric import MetricUnavailable, first_line
+from coz_train.image_quality.metric import MetricUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0  # one request to the weights host decides whether downloads are tried
 FETCH_TIMEOUT_S = 30.0  # per socket operation of a weights download (not the whole download)
-CLI = "python -m coz_train.eval.metrics"
+CLI = "python -m coz_train.image_quality"
 DOWNLOADED = ("musiq", "maniqa", "clipiqa")  # the metrics whose weights only a download provides
 
 

