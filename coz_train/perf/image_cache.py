@@ -9,9 +9,10 @@ step, almost all of it repeated work (every image appears G times).
 `install_image_cache(processor)` wraps the processor's image processor: images are keyed by their
 content (size, mode and a 128-bit BLAKE2 digest of their pixels, hashed once per image object) and
 by the call's options; only unseen images go through the real image processor, and the result is
-assembled in the caller's order (or handed back whole when a call repeats the previous one). Preprocessing is deterministic, so the output equals the plain one bit for bit. Calls it
-cannot serve from per-image pieces (outputs other than the tensors `pixel_values` / `image_grid_thw`,
-non-PIL inputs, `return_tensors` other than "pt") go straight to the real image processor.
+assembled in the caller's order (or handed back whole when a call repeats the previous one).
+Preprocessing is deterministic, so the output equals the plain one bit for bit. Calls it cannot serve
+from per-image pieces (outputs other than the tensors `pixel_values` / `image_grid_thw`, non-PIL inputs,
+`return_tensors` other than "pt") go straight to the real image processor.
 
 With `handles=True` (`perf.pixel_handles`, for a model whose vision tower reads through a
 `VisionFeatureCache`) the output's `pixel_values` are not the pixel rows but a pixel handle per row: an
@@ -21,10 +22,21 @@ grouping) works on the handles as on the rows, and equal images have equal handl
 an image's handle back into its stored pixels (`pixels_of`) when it has to run the tower. At the paper's
 setting that is 1.3 MB per call instead of 780 MB of expanded pixel rows assembled, copied to the GPU,
 split and compared.
+
+The wrapper says what it is. The processor's `image_processor` becomes an instance of `Cached<Class>`, a
+subclass of the image processor's own class (made once per class, e.g. `CachedQwen2VLImageProcessor`) that
+shares the wrapped image processor's attribute dictionary: it is an instance of the library's class by
+inheritance, `type()` names it as the cached one, and reading or setting an attribute reads or sets the
+wrapped image processor's. Its own are `__call__` and the cache's state, kept in slots out of the shared
+dictionary. Saving writes what the wrapped image processor writes (`to_dict` is the wrapped one's, so
+`image_processor_type` names the library's class and a saved processor loads back as the library's own).
+A copy or pickle of the wrapper is a new wrapper, its cache empty, of a copy of the wrapped image processor.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import weakref
 from collections import OrderedDict
@@ -69,43 +81,61 @@ def digest(image: Any) -> bytes:
     return value
 
 
+@functools.cache
+def _cached_class(kind: type) -> type:
+    """`Cached<kind>`: the image processor class `kind` with the cache in front of its `__call__`, one per class."""
+    name = f"Cached{kind.__name__}"
+    return type(name, (CachedImageProcessor, kind), {"__slots__": (), "__module__": __name__, "__qualname__": name})
+
+
+def _unwrapped(image_processor: Any) -> Any:
+    return image_processor._wrapped if isinstance(image_processor, CachedImageProcessor) else image_processor
+
+
 class CachedImageProcessor:
-    """Stands in for a Qwen-VL image processor; everything but `__call__` is the real one's.
+    """The base of every `Cached<Class>` (see the module's docstring): `CachedImageProcessor(image_processor)` is
+    an instance of `Cached<type(image_processor)>` sharing `image_processor`'s attributes.
 
     A call with exactly the images (and options) of the previous call gets that call's tensors back
     (TRL preprocesses the same prompts twice in a row); nothing downstream modifies them in place.
     """
 
+    __slots__ = ("_wrapped", "handles", "hits", "misses", "_max_images", "_entries", "_handles", "_next_handle",
+                 "_last")
+
+    def __new__(cls, image_processor: Any, max_images: int = 64, handles: bool = False) -> CachedImageProcessor:
+        kind = _cached_class(type(_unwrapped(image_processor))) if cls is CachedImageProcessor else cls
+        return object.__new__(kind)
+
     def __init__(self, image_processor: Any, max_images: int = 64, handles: bool = False):
-        self.__dict__["_real"] = image_processor
-        self.__dict__["handles"] = handles
-        self.__dict__["_handles"] = {}  # handle -> pixel rows of the stored entry it names
-        self.__dict__["_next_handle"] = 0
-        self.__dict__["_entries"] = OrderedDict()
-        self.__dict__["_max_images"] = max(1, int(max_images))
-        self.__dict__["_last"] = None
-        self.__dict__["hits"] = 0
-        self.__dict__["misses"] = 0
+        image_processor = _unwrapped(image_processor)
+        object.__setattr__(self, "__dict__", image_processor.__dict__)  # the wrapped one's attributes, shared
+        self._wrapped = image_processor
+        self.handles = handles
+        self.hits = self.misses = 0
+        self._max_images = max(1, int(max_images))
+        self._entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = OrderedDict()
+        self._handles: dict[int, torch.Tensor] = {}  # handle -> pixel rows of the stored entry it names
+        self._next_handle = 0
+        self._last: tuple | None = None
 
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance checks (e.g. when the processor is saved) see the real one
-        return type(self.__dict__["_real"])
+    def to_dict(self) -> dict[str, Any]:
+        """What the wrapped image processor saves (its class as `image_processor_type`)."""
+        return self._wrapped.to_dict()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or "_real" not in self.__dict__:  # copies and pickles build the object bare
-            raise AttributeError(name)
-        return getattr(self.__dict__["_real"], name)
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        return CachedImageProcessor, (self._wrapped, self._max_images, self.handles)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("hits", "misses"):
-            self.__dict__[name] = value
-        else:
-            setattr(self._real, name, value)
+    def __copy__(self) -> CachedImageProcessor:
+        return CachedImageProcessor(copy.copy(self._wrapped), self._max_images, self.handles)
+
+    def __deepcopy__(self, memo: dict) -> CachedImageProcessor:
+        return CachedImageProcessor(copy.deepcopy(self._wrapped, memo), self._max_images, self.handles)
 
     def clear(self) -> None:
         self._entries.clear()
         self._handles.clear()
-        self.__dict__["_last"] = None
+        self._last = None
 
     def pixels_of(self, handle: int) -> torch.Tensor:
         """The pixel rows of the stored image a handle names (`handles=True`)."""
@@ -120,7 +150,7 @@ class CachedImageProcessor:
 
         flat = None if args or kwargs.get("return_tensors") not in (None, "pt") else _flat(images)
         if not flat:
-            return self._real(images, *args, **kwargs)
+            return self._wrapped(images, *args, **kwargs)
         # the torch image processor returns tensors with or without return_tensors="pt": one entry serves both
         options = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k != "return_tensors"))
         keys = [(options, im.size, im.mode, digest(im)) for im in flat]
@@ -132,14 +162,14 @@ class CachedImageProcessor:
             if key not in self._entries and key not in missing:
                 missing[key] = image
         if missing:
-            out = self._real(list(missing.values()), **kwargs)
+            out = self._wrapped(list(missing.values()), **kwargs)
             if set(out.keys()) != SERVED_KEYS or not all(isinstance(out[k], torch.Tensor) for k in SERVED_KEYS):
                 self.clear()
-                return self._real(images, **kwargs)
+                return self._wrapped(images, **kwargs)
             rows = out["image_grid_thw"].prod(-1).tolist()
             for key, pixels, grid in zip(missing, torch.split(out["pixel_values"], rows), out["image_grid_thw"],
                                          strict=True):
-                self.__dict__["_next_handle"] = self._next_handle + 1
+                self._next_handle += 1
                 self._entries[key] = (pixels.clone(), grid.clone(), self._next_handle)
                 self._handles[self._next_handle] = self._entries[key][0]
         self.misses += len(missing)
@@ -155,7 +185,7 @@ class CachedImageProcessor:
         else:
             pixel_values = torch.cat([p for p, _, _ in pieces])
         data = {"pixel_values": pixel_values, "image_grid_thw": torch.stack([g for _, g, _ in pieces])}
-        self.__dict__["_last"] = (keys, data)
+        self._last = (keys, data)
         return BatchFeature(data=dict(data), tensor_type=None)
 
 
@@ -166,7 +196,7 @@ def install_image_cache(processor: Any, max_images: int = 64, handles: bool = Fa
     if current is None:
         return None
     if isinstance(current, CachedImageProcessor):
-        current.__dict__["handles"] = current.handles or handles
+        current.handles = current.handles or handles
         return current
     cached = CachedImageProcessor(current, max_images, handles)
     processor.image_processor = cached

@@ -2,15 +2,26 @@
 
 TRL tokenizes the B x G expanded prompts twice per step (for generation and for the log-prob inputs), each
 ~700 tokens at the paper's setting, G copies of every prompt: 128 sequences for 8 distinct ones.
-`DedupTokenizer` stands in for the processor's tokenizer: a call on a list of texts with repeats tokenizes
-the distinct texts once and hands each row its text's result. A fast tokenizer encodes every text on its own
+`install_text_cache(processor)` wraps the processor's tokenizer: a call on a list of texts with repeats
+tokenizes the distinct texts once and hands each row its text's result. A fast tokenizer encodes every text on its own
 and pads them to the longest one, which is the longest distinct one, so the output equals the real
 tokenizer's bit for bit (tested). Calls it does not cover (text pairs, overflowing tokens, anything but a
 list of strings) go to the real tokenizer.
+
+The wrapper says what it is. The processor's `tokenizer` becomes an instance of `Dedup<Class>`, a subclass of
+the tokenizer's own class (made once per class, e.g. `DedupTokenizersBackend`) that shares the wrapped
+tokenizer's attribute dictionary: it is an instance of the library's class by inheritance, `type()` names it
+as the deduplicating one, and reading or setting an attribute reads or sets the wrapped tokenizer's. Its own
+are `__call__` and two counters, kept in slots out of the shared dictionary. `save_pretrained` is the wrapped
+tokenizer's, so `tokenizer_class` in tokenizer_config.json names the library's class and a saved processor
+loads back as the library's own. A copy or pickle of the wrapper is a new wrapper of a copy of the wrapped
+tokenizer.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import torch
@@ -18,39 +29,56 @@ import torch
 _UNSERVED = ("text_pair", "text_target", "text_pair_target", "return_overflowing_tokens", "return_offsets_mapping")
 
 
+@functools.cache
+def _dedup_class(kind: type) -> type:
+    """`Dedup<kind>`: the tokenizer class `kind` with the deduplication in front of its `__call__`, one per class."""
+    name = f"Dedup{kind.__name__}"
+    return type(name, (DedupTokenizer, kind), {"__slots__": (), "__module__": __name__, "__qualname__": name})
+
+
+def _unwrapped(tokenizer: Any) -> Any:
+    return tokenizer._wrapped if isinstance(tokenizer, DedupTokenizer) else tokenizer
+
+
 class DedupTokenizer:
-    """Everything but `__call__` is the real tokenizer's."""
+    """The base of every `Dedup<Class>` (see the module's docstring): `DedupTokenizer(tokenizer)` is an instance of
+    `Dedup<type(tokenizer)>` sharing `tokenizer`'s attributes."""
+
+    __slots__ = ("_wrapped", "texts", "tokenized")
+
+    def __new__(cls, tokenizer: Any) -> DedupTokenizer:
+        return object.__new__(_dedup_class(type(_unwrapped(tokenizer))) if cls is DedupTokenizer else cls)
 
     def __init__(self, tokenizer: Any):
-        self.__dict__["_real"] = tokenizer
-        self.__dict__["texts"] = 0  # texts asked for
-        self.__dict__["tokenized"] = 0  # texts tokenized
+        tokenizer = _unwrapped(tokenizer)
+        object.__setattr__(self, "__dict__", tokenizer.__dict__)  # the wrapped one's attributes, shared
+        self._wrapped = tokenizer
+        self.texts = 0  # texts asked for
+        self.tokenized = 0  # texts tokenized
 
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance checks (e.g. when the processor is saved) see the real one
-        return type(self.__dict__["_real"])
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped tokenizer's files (its class as `tokenizer_class`)."""
+        return self._wrapped.save_pretrained(*args, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or "_real" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["_real"], name)
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        return DedupTokenizer, (self._wrapped,)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._real, name, value)
+    def __copy__(self) -> DedupTokenizer:
+        return DedupTokenizer(copy.copy(self._wrapped))
 
-    def __len__(self) -> int:
-        return len(self._real)
+    def __deepcopy__(self, memo: dict) -> DedupTokenizer:
+        return DedupTokenizer(copy.deepcopy(self._wrapped, memo))
 
     def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
         if (args or not isinstance(text, list) or not all(isinstance(t, str) for t in text)
                 or any(kwargs.get(k) for k in _UNSERVED)):
-            return self._real(text, *args, **kwargs)
+            return self._wrapped(text, *args, **kwargs)
         unique = list(dict.fromkeys(text))
-        self.__dict__["texts"] += len(text)
-        self.__dict__["tokenized"] += len(unique)
+        self.texts += len(text)
+        self.tokenized += len(unique)
         if len(unique) == len(text):
-            return self._real(text, **kwargs)
-        out = self._real(unique, **kwargs)
+            return self._wrapped(text, **kwargs)
+        out = self._wrapped(unique, **kwargs)
         where = {t: i for i, t in enumerate(unique)}
         index = [where[t] for t in text]
         for key, value in list(out.items()):

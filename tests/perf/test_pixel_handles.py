@@ -88,10 +88,10 @@ def test_pixel_handles_step_aside_without_both_caches(make_config, caplog):
     assert "perf.pixel_handles steps aside" in caplog.text
     assert not fast_path.on("pixel_handles")
     cached = trainer.processing_class.__dict__["image_processor"]
-    assert isinstance(cached, CachedImageProcessor) and cached.__dict__["handles"] is False
+    assert isinstance(cached, CachedImageProcessor) and cached.handles is False
     trainer.remove_fast_path()
     with caplog.at_level("INFO", logger="coz_train.perf.fast_path"):  # control: with both caches it stays on
         caplog.clear()
         both = trainer.install_fast_path(FastPath({"pixel_handles": True, "image_cache": True, "vision_cache": True}))
     assert both.on("pixel_handles") and "steps aside" not in caplog.text
-    assert trainer.processing_class.__dict__["image_processor"].__dict__["handles"] is True
+    assert trainer.processing_class.__dict__["image_processor"].handles is True
