@@ -15,13 +15,13 @@ from per-image pieces (outputs other than the tensors `pixel_values` / `image_gr
 `return_tensors` other than "pt") go straight to the real image processor.
 
 With `handles=True` (`perf.pixel_handles`, for a model whose vision tower reads through a
-`VisionFeatureCache`) the output's `pixel_values` are not the pixel rows but a pixel handle per row: an
-int64 [rows, 1] tensor holding, on each of an image's rows, the number of its stored entry (`handle_of`).
+`VisionFeatureCache`) the output's `pixel_values` are not pixel rows but `PixelHandles`: a tensor of that
+named type (int64 [rows, 1]) holding, on each of an image's rows, the number of its stored entry.
 Everything that slices, splits, moves or compares pixel rows by image (TRL's batching, the prefix switches'
-grouping) works on the handles as on the rows, and equal images have equal handles; the vision cache turns
-an image's handle back into its stored pixels (`pixels_of`) when it has to run the tower. At the paper's
-setting that is 1.3 MB per call instead of 780 MB of expanded pixel rows assembled, copied to the GPU,
-split and compared.
+grouping) works on the handles as on the rows and keeps their type, and equal images have equal handles; the
+vision cache turns an image's handle back into its stored pixels (`pixels_of`) when it has to run the tower.
+At the paper's setting that is 1.3 MB per call instead of 780 MB of expanded pixel rows assembled, copied to
+the GPU, split and compared.
 
 The wrapper says what it is. The processor's `image_processor` becomes an instance of `Cached<Class>`, a
 subclass of the image processor's own class (made once per class, e.g. `CachedQwen2VLImageProcessor`) that
@@ -79,6 +79,31 @@ def digest(image: Any) -> bytes:
         for key in [k for k, (ref, _) in _DIGESTS.items() if ref() is None]:
             del _DIGESTS[key]
     return value
+
+
+class PixelHandles(torch.Tensor):
+    """Not pixels: one handle per pixel row.
+
+    An int64 [rows, 1] tensor handed out as `pixel_values` by a `CachedImageProcessor` with `handles=True`: each
+    of an image's rows holds the number of the image's stored entry, and `pixels_of(handle)` gives its pixel rows
+    back. Indexing, slicing, `torch.split`, `torch.cat` and `.to(device)` keep the type (torch's rule for tensor
+    subclasses), so it reaches the model's `get_image_features` as PixelHandles, where a `VisionFeatureCache` with
+    that image processor as its `pixel_source` resolves it. Made with `Tensor.as_subclass(PixelHandles)`.
+
+    Handles must never reach the vision tower itself: the library's `get_image_features` starts with
+    `pixel_values.type(self.visual.dtype)`, so any operation that would give floating-point PixelHandles raises
+    (instead of the tower failing on the shape, or running on the handle numbers when the row count happens to fit).
+    """
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = super().__torch_function__(func, types, args, kwargs)
+        if isinstance(out, PixelHandles) and out.is_floating_point():
+            raise RuntimeError(
+                f"pixel handles are not pixels: {getattr(func, '__name__', func)} would make floating-point values "
+                "of them. They reach the vision tower only through a VisionFeatureCache whose pixel_source is the "
+                "image cache that handed them out (perf.pixel_handles needs perf.vision_cache).")
+        return out
 
 
 @functools.cache
@@ -182,6 +207,7 @@ class CachedImageProcessor:
             self._handles.pop(self._entries.popitem(last=False)[1][2], None)
         if self.handles:  # [rows, 1]: each image's rows hold its handle
             pixel_values = torch.cat([torch.full((len(p), 1), h, dtype=torch.int64) for p, _, h in pieces])
+            pixel_values = pixel_values.as_subclass(PixelHandles)
         else:
             pixel_values = torch.cat([p for p, _, _ in pieces])
         data = {"pixel_values": pixel_values, "image_grid_thw": torch.stack([g for _, g, _ in pieces])}
@@ -191,7 +217,7 @@ class CachedImageProcessor:
 
 def install_image_cache(processor: Any, max_images: int = 64, handles: bool = False) -> CachedImageProcessor | None:
     """Wrap `processor.image_processor` (once); None when the processor has no image processor. `handles`: the
-    outputs' `pixel_values` are pixel handles (see the module's docstring)."""
+    outputs' `pixel_values` are `PixelHandles` (see the module's docstring)."""
     current = getattr(processor, "image_processor", None)
     if current is None:
         return None

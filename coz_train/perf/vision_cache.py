@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from coz_train.perf.image_cache import PixelHandles
 from coz_train.perf.prefix import unwrap
 
 
@@ -156,8 +157,8 @@ class VisionFeatureCache:
 
 
 def is_handles(pixel_values: torch.Tensor) -> bool:
-    """Pixel handles (`coz_train.perf.image_cache`): an int64 [rows, 1] tensor; pixel rows are floating point."""
-    return pixel_values.dtype == torch.int64 and pixel_values.ndim == 2 and pixel_values.shape[1] == 1
+    """Pixel handles (`coz_train.perf.image_cache.PixelHandles`, one handle per pixel row), not pixel rows."""
+    return isinstance(pixel_values, PixelHandles)
 
 
 def install_vision_cache(model: Any, max_images: int) -> VisionFeatureCache:
