@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from coz_train.cli import add_debug_switch, fail, run_argparse
-from coz_train.critic_convert.build import convert
+from coz_train.rewards.critic.conversion.build import convert
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from coz_train.critic_convert.__main__ import main
-from coz_train.critic_convert.cache import native_internvl
 from coz_train.hub import resolve_model
+from coz_train.rewards.critic.conversion.cache import native_internvl
 from coz_train.tiny import internvl2_5
 
 
@@ -58,6 +58,6 @@ def test_weights_rewritten_in_place_are_converted_again_and_an_unchanged_folder_
 
 
 def internvl2_5_converted(hub: Path, out: Path) -> Path:
-    from coz_train.critic_convert import convert
+    from coz_train.rewards.critic.conversion import convert
 
     return convert(hub, out, max_tiles=6)

@@ -12,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from internvl_cases import CASES, INSTRUCTION, MAX_NEW_TOKENS, SCORE_MAX, case_images  # noqa: E402
 
-from coz_train.critic_convert import convert  # noqa: E402
-from coz_train.critic_convert.convert import convert_state_dict, split_wqkv  # noqa: E402
 from coz_train.rewards.critic import CriticReward, HFCritic, critic_device, parse_score  # noqa: E402
+from coz_train.rewards.critic.conversion import convert  # noqa: E402
+from coz_train.rewards.critic.conversion.convert import convert_state_dict, split_wqkv  # noqa: E402
 from coz_train.tiny import internvl2_5  # noqa: E402
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "internvl2_5_tiny_reference.json").read_text())["cases"]
@@ -115,7 +115,7 @@ def test_conversion_at_8b_size_on_the_meta_device():
     """Names and shapes at InternVL2.5-8B's dimensions (InternViT-300M, InternLM2.5-7B: 32 heads, 8 kv heads)."""
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-    from coz_train.critic_convert.convert import text_config, vision_config
+    from coz_train.rewards.critic.conversion.convert import text_config, vision_config
 
     vit = dict(internvl2_5.VISION, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
                num_hidden_layers=24, patch_size=14)

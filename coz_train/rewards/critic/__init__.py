@@ -16,7 +16,8 @@ Backends (`critic.backend`):
 - `hf`: any transformers image-text-to-text model with a chat template (Qwen2.5-VL-7B, native
   InternVL "-hf" checkpoints, ...); both scoring modes; candidates scored in batches. An InternVL2.5
   checkpoint in the hub layout (InternVL2.5-8B: InternLM2.5 language model) is converted once into
-  the cache and run natively (`coz_train.critic_convert`), unless `critic.trust_remote_code`.
+  the cache and run natively (`conversion/`; by hand: `python -m coz_train.critic_convert`), unless
+  `critic.trust_remote_code`.
 - `internvl_remote`: InternVL2/2.5 through `trust_remote_code`, for transformers 4.x only (refused
   under 5.x, where that code does not run): the prompts of the checkpoint's `chat` with InternVL's
   448-px tiling (`tiling.py`), one batched `generate` per call; `generate` mode only.

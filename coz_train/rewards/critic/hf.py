@@ -28,8 +28,8 @@ class HFCritic:
 
     def __init__(self, cfg: DictConfig, device: torch.device, shared_prefix: bool = False):
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
-        if not cfg.trust_remote_code:  # an InternVL2.5 hub checkpoint: its native conversion (coz_train.critic_convert)
-            from coz_train.critic_convert.cache import native_internvl
+        if not cfg.trust_remote_code:  # an InternVL2.5 hub checkpoint: its native conversion (.conversion)
+            from coz_train.rewards.critic.conversion.cache import native_internvl
 
             path = native_internvl(path, cfg.revision, cfg.get("max_tiles", 6))
         processor = load_processor(path, cfg)

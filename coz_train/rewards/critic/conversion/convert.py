@@ -19,7 +19,7 @@ Llama architecture up to names and a packed attention projection, so the checkpo
   template writing the `internvl2_5` conversation (its system message, `Image-N:` headers when a
   turn has several images), as the checkpoint's `chat()` builds it.
 The converted folder is checked against the upstream code on a tiny checkpoint built like the real
-one (tests/critic/test_internvl2_5.py and its fixture's note).
+one (tests/critic_convert/test_internvl2_5.py and its fixture's note).
 """
 
 from __future__ import annotations

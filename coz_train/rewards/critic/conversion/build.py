@@ -1,4 +1,4 @@
-"""Writing the converted folder: weights, tokenizer, processor (see `coz_train.critic_convert.convert`)."""
+"""Writing the converted folder: weights, tokenizer, processor (see `coz_train.rewards.critic.conversion.convert`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from coz_train.critic_convert.convert import (
+from coz_train.rewards.critic.conversion.convert import (
     END_OF_TURN,
     IMG_CONTEXT,
     IMG_END,

@@ -43,7 +43,7 @@ def native_internvl(name: str, revision: str | None, max_tiles: int) -> str:
                                         allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
     out = converted_folder(folder, max_tiles)
     if not (out / "config.json").is_file():
-        from coz_train.critic_convert.build import convert
+        from coz_train.rewards.critic.conversion.build import convert
 
         log.info("Converting the InternVL2.5 checkpoint %s to the native layout in %s (once)", folder, out)
         build_once(out, "config.json", lambda tmp: convert(folder, tmp, max_tiles=max_tiles))
