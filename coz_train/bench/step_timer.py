@@ -19,8 +19,8 @@ close one record per optimizer step:
 Times are exclusive: a phase running inside another (the rollout inside prepare inside train) counts in the
 inner one only. `sync` (CUDA-synchronise on a GPU) runs at every boundary, so a phase holds its own kernels.
 
-The model clock holds the time inside the models: the policy's `generate` (wrapped on the policy) and the
-installed fast path's merged-adapter context around it (merging and restoring weights is device work), the
+The model clock holds the time inside the models: the policy's `generate` (wrapped on the policy; with
+`perf.merge_adapters_for_generation` it merges and restores the weights inside, which is device work), the
 critic's model calls (forward hooks on its modules), and the logps, train and optimizer phases whole. The
 rest of the step, `cpu_s`, is the CPU-side work that does not wait on the device: loading and preprocessing,
 batching, hashing, reward text handling, logging (`cpu_phases`: where it falls, the rollout and rewards
@@ -29,12 +29,10 @@ phases counted outside the models).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,10 +84,6 @@ class StepTimer(TrainerCallback):
             self._replace(trainer, name, self._timed(getattr(trainer, name), phase), f"step timer: {phase}")
         policy = trainer.accelerator.unwrap_model(trainer.model)
         self._replace(policy, "generate", self._model_call(policy.generate, "rollout"), "step timer: model clock")
-        fast_path = getattr(trainer, "fast_path", None)
-        if fast_path is not None:  # the merged-adapter rollouts: merging and restoring weights is model work
-            self._replace(fast_path, "generating", self._model_context(fast_path.generating, "rollout"),
-                          "step timer: model clock")
         for model in critic_models(trainer):
             self._replace(model, "generate", self._model_call(model.generate, "critic"), "step timer: model clock")
             inner = unwrap(model)
@@ -190,19 +184,6 @@ class StepTimer(TrainerCallback):
 
         model_call.__qualname__ = f"StepTimer.model_call[{kind}]"
         return model_call
-
-    def _model_context(self, make: Callable[..., AbstractContextManager], kind: str) -> Callable:
-        @contextlib.contextmanager
-        def model_context(*args: Any, **kwargs: Any) -> Iterator[None]:
-            self._model_enter()
-            try:
-                with make(*args, **kwargs):
-                    yield
-            finally:
-                self._model_exit(kind)
-
-        model_context.__qualname__ = f"StepTimer.model_context[{kind}]"
-        return model_context
 
     # -- callbacks: the optimizer phase and the step records ---------------------------------------------------
 

@@ -87,8 +87,11 @@ def shape_of(bench: Any) -> Shape:
 
 
 def build_model(spec: dict, tokenizer: Any, device: torch.device, dtype: torch.dtype, seed: int) -> Any:
-    """Random weights of a Qwen2.5-VL architecture, built on the device."""
+    """Random weights of a Qwen2.5-VL architecture, built on the device as `load_vlm` loads one (the library's class
+    with switchable fast paths, all off: `coz_train.perf.model`)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from coz_train.perf.model import switchable_class
 
     text = dict(_TEXT_COMMON, **{k: v for k, v in spec["text"].items() if k != "mrope_section"})
     text["vocab_size"] = text["vocab_size"] or len(tokenizer)
@@ -96,7 +99,8 @@ def build_model(spec: dict, tokenizer: Any, device: torch.device, dtype: torch.d
     config = qwen_vl_config("qwen2_5_vl", tokenizer, text, dict(spec["vision"]), tie_word_embeddings=spec["tie"])
     torch.manual_seed(seed)
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = switchable_class(Qwen2_5_VLForConditionalGeneration)._from_config(config, dtype=dtype,
+                                                                                  attn_implementation="sdpa")
     return model.eval().requires_grad_(False)
 
 

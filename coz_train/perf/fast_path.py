@@ -1,22 +1,26 @@
 """The `perf` switches of a training run as one object: `FastPath(cfg.perf)`, installed on the trainer with
 `trainer.install_fast_path(...)` and taken off again with `trainer.remove_fast_path()`.
 
-`install` makes every run-time change the switches need and logs each one:
+`install` makes every change the switches need, each one a logged `Replacement` of an attribute:
 - `load_once`: the trainer's training dataset becomes a `RowsOnce` over it (`coz_train.perf.load_once`);
 - `image_cache`: the processor's image processor becomes a `CachedImageProcessor` (`coz_train.perf.image_cache`);
 - `text_cache`: the processor's tokenizer becomes a `DedupTokenizer` (`coz_train.perf.text_cache`);
-- `vision_cache`: the policy's (and the reference model's) `get_image_features` becomes a content-keyed
-  `VisionFeatureCache` (`coz_train.perf.vision_cache`);
-- `pixel_handles`: the cached image processor hands out pixel handles and the vision caches read the pixels
+- `vision_cache`: the policy's (and the reference model's) backbone gets a `VisionFeatureCache` as its
+  `vision_cache`, which its `get_image_features` asks (`coz_train.perf.vision_cache`);
+- `pixel_handles`: the cached image processor hands out `PixelHandles` and the vision caches read the pixels
   from it (`coz_train.perf.image_cache`); needs `image_cache` and `vision_cache`;
-- `group_prefix`: the models' `forward` accepts the group-shared log-prob spec (`coz_train.perf.group_prefix`);
-- `rollout_prefix`: the policy's `generate` prefills each distinct prompt once (`coz_train.perf.rollout_prefix`);
-- `compiled_decode`: the trainer's generation config asks for a static cache and compiled decode steps.
-Two switches act per call instead, inside the TRL methods the trainer overrides: `group_batches` (TRL's row
-shuffle replaced by a whole-group shuffle while a generation batch is prepared) and
-`merge_adapters_for_generation` (the LoRA merged into the base weights during rollouts). The critic is not the
-trainer's: the critic reward applies `perf.image_cache` to its own processor and `perf.critic_prefix` to its
-scoring (`coz_train.rewards.critic.reward`).
+- `group_prefix`: the models' backbones get a `SharedPrompt` as their `shared_prompt`, which their `forward`
+  runs TRL's full-sequence passes with (`coz_train.perf.group_prefix`);
+- `rollout_prefix`: the policy gets a `RolloutPrefix` as its `rollout_prefix`: its `generate` prefills each
+  distinct prompt once (`coz_train.perf.rollout_prefix`);
+- `merge_adapters_for_generation`, `compiled_decode`: flags on the policy, read by its `generate`
+  (`coz_train.perf.merge`, `coz_train.perf.compiled_decode`); not with vLLM, which generates instead;
+- `group_batches`: TRL's row shuffle of a generation batch replaced by a whole-group shuffle
+  (`coz_train.perf.trl_seams`, the one TRL seam without a setting).
+The model-side switches live on the model's own classes (`coz_train.perf.model`: how `load_vlm` loads Qwen-VL
+models); nothing of TRL's trainer is overridden for speed. The critic is not the trainer's: the critic reward
+applies `perf.image_cache` to its own processor and `perf.critic_prefix` to its scoring
+(`coz_train.rewards.critic.reward`).
 
 `remove` puts back every replaced attribute (the very objects that were there) in reverse order.
 With no switch on, `install` changes nothing and the trainer runs TRL's own path.
@@ -26,20 +30,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from coz_train.perf.compiled_decode import compiled_generation_config
-from coz_train.perf.group_batches import group_shuffle
-from coz_train.perf.group_prefix import install_group_prefix
+from coz_train.perf.compiled_decode import check_cache_implementation
+from coz_train.perf.group_prefix import SharedPrompt
 from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.load_once import RowsOnce
-from coz_train.perf.merge import merged_adapters
-from coz_train.perf.prefix import unwrap
-from coz_train.perf.replacement import Replacement, recorded, replaced
-from coz_train.perf.rollout_prefix import install_rollout_prefix
+from coz_train.perf.model import switchable
+from coz_train.perf.replacement import Replacement, recorded
+from coz_train.perf.rollout_prefix import RolloutPrefix
 from coz_train.perf.text_cache import install_text_cache
-from coz_train.perf.vision_cache import install_vision_cache
+from coz_train.perf.trl_seams import group_batches
+from coz_train.perf.vision_cache import VisionFeatureCache, refuse_trained_vision
 from coz_train.zero3 import trainer_uses_zero3
 
 log = logging.getLogger(__name__)
@@ -88,31 +90,36 @@ class FastPath:
             self._record(processor, "tokenizer", "text_cache", lambda: install_text_cache(processor))
         if self.on("vision_cache"):
             for role, model in models:
-                inner = unwrap(model).model
-                self.vision_caches.append(self._record(
-                    inner, "get_image_features", f"vision_cache, {role}",
-                    lambda m=model: install_vision_cache(m, self.vision_cache_images)))
+                inner, backbone = switchable(model, "perf.vision_cache")
+                refuse_trained_vision(inner)
+                cache = VisionFeatureCache(backbone.library_image_features, self.vision_cache_images)
+                self.changes.append(Replacement(backbone, "vision_cache", cache, f"vision_cache, {role}").apply())
+                self.vision_caches.append(cache)
                 if self.on("pixel_handles"):
-                    self.changes.append(Replacement(self.vision_caches[-1], "pixel_source", self.image_cache,
-                                                    "pixel_handles").apply())
+                    self.changes.append(Replacement(cache, "pixel_source", self.image_cache, "pixel_handles").apply())
         if self.on("group_prefix"):
             for role, model in models:
-                self._record(unwrap(model), "forward", f"group_prefix, {role}", lambda m=model: install_group_prefix(m))
+                _, backbone = switchable(model, "perf.group_prefix")
+                self.changes.append(Replacement(backbone, "shared_prompt", SharedPrompt(),
+                                                f"group_prefix, {role}").apply())
+        policy, _ = switchable(trainer.model, "perf") if self.model_side_generation(trainer) else (None, None)
         if self.on("rollout_prefix"):
-            inner = unwrap(trainer.model)
-            before = {name: Replacement.own_value(inner, name) for name in ("generate", "_coz_rollout_prefix")}
-            self.rollout_prefix = install_rollout_prefix(trainer.model)
-            self.changes += [Replacement.observed(inner, name, "rollout_prefix", old) for name, old in before.items()]
-        if self.on("compiled_decode") and not trainer.use_vllm:
-            self.changes.append(Replacement(trainer, "generation_config",
-                                            compiled_generation_config(trainer.generation_config),
-                                            "compiled_decode").apply())
+            self.rollout_prefix = RolloutPrefix(policy, policy.library_generate)
+            self.changes.append(Replacement(policy, "rollout_prefix", self.rollout_prefix, "rollout_prefix").apply())
+        for flag in ("merge_adapters_for_generation", "compiled_decode"):
+            if self.on(flag) and not trainer.use_vllm:
+                self.changes.append(Replacement(policy, flag, True, flag).apply())
+        if self.on("group_batches"):
+            self.changes.append(group_batches())
         self.trainer = trainer
-        per_call = [name for name in ("group_batches", "merge_adapters_for_generation") if self.on(name)]
-        if self.changes or per_call:
-            log.info("perf fast path installed: %s%s", "; ".join(map(str, self.changes)) or "no attribute replaced",
-                     f"; per call: {', '.join(per_call)}" if per_call else "")
+        if self.changes:
+            log.info("perf fast path installed: %s", "; ".join(map(str, self.changes)))
         return self
+
+    def model_side_generation(self, trainer: Any) -> bool:
+        """Whether a switch acts in the policy's own `generate` (none does when vLLM generates)."""
+        return (self.on("rollout_prefix") or (not trainer.use_vllm and (
+            self.on("merge_adapters_for_generation") or self.on("compiled_decode"))))
 
     def remove(self) -> None:
         """Every replaced attribute back as it was (the caches keep their hit counts for reports)."""
@@ -147,25 +154,6 @@ class FastPath:
 
             if not isinstance(trainer.model, PeftModel):
                 raise ValueError("perf.merge_adapters_for_generation=true needs a LoRA policy (PEFT).")
-        if self.on("group_batches"):
-            import trl.trainer.grpo_trainer as trl_grpo
+        if self.on("compiled_decode") and not trainer.use_vllm:
+            check_cache_implementation(trainer.generation_config.cache_implementation)
 
-            if not hasattr(trl_grpo, "shuffle_sequence_dict"):
-                raise RuntimeError("perf.group_batches: this TRL version has no shuffle_sequence_dict to replace; "
-                                   "set perf.group_batches=false.")
-
-    # -- the per-call switches ----------------------------------------------------------------------------------
-
-    def preparing_inputs(self) -> AbstractContextManager:
-        """Around TRL's `_prepare_inputs`: whole groups shuffled together (`perf.group_batches`)."""
-        if not self.on("group_batches"):
-            return nullcontext()
-        import trl.trainer.grpo_trainer as trl_grpo
-
-        return replaced(trl_grpo, "shuffle_sequence_dict", group_shuffle, "group_batches")
-
-    def generating(self, model: Any) -> AbstractContextManager:
-        """Around TRL's rollouts: the LoRA merged into the base weights (`perf.merge_adapters_for_generation`)."""
-        if not self.on("merge_adapters_for_generation") or self.trainer is None or self.trainer.use_vllm:
-            return nullcontext()
-        return merged_adapters(model)

@@ -1,36 +1,36 @@
 """Group-shared prompt in the policy's log-prob and training passes (`perf.group_prefix`).
 
 The G completions of a GRPO group share one prompt (system text + two images, ~700 tokens for the
-paper's 504-px crops) and add ~32 tokens each. TRL runs every row in full. Here each distinct
-prompt in a micro-batch runs once (with gradients when training), its KV cache is repeated to the
-rows that share it (out of place, so their gradients sum back into the one prompt pass), and only
-the completions run on top. The first completion token's log-prob comes from the prompt's last
-position; completion token j sits at M-RoPE position `next_position + j`.
+paper's 504-px crops) and add ~32 tokens each. TRL's log-prob and training passes send every row's
+full sequence through the model: its fused LM head (`trl.trainer.utils.add_fused_lm_head`) runs the
+backbone (`model.model`) on input_ids, attention_mask, pixel_values, image_grid_thw and
+mm_token_type_ids, then the LM head on the completion positions. `SharedPrompt` is the backbone's
+`forward` for such calls (installed as `backbone.shared_prompt`, `coz_train.perf.model`): it finds
+the rows that share a prefix, runs each distinct prefix once (with gradients when training), repeats
+its hidden states and KV cache to the rows that share it (out of place, so their gradients sum back
+into the one prefix pass), runs only the rows' own tokens on top, and returns the backbone's
+`last_hidden_state` for every position: the library's own output up to float rounding.
 
-Rows are grouped by content (equal prompt tokens and equal pixels), not by their order, so any
-batch layout is correct; `perf.group_batches` makes micro-batches hold whole groups so that the
+Rows are grouped by content, not by order: rows whose images are equal (grids and pixels) and whose
+tokens agree up to their last image token form a group; the shared length is the longest prefix
+every group's rows agree on (tokens and mask), at least up to the last image token of every row, so
+the rows' own tokens are text: token j past the prefix sits at M-RoPE position `next_position + j`.
+Hidden states past a row's last real token (right padding) are not the library's (TRL masks them).
+Any batch layout is correct; `perf.group_batches` makes micro-batches hold whole groups, so the
 sharing pays in the training pass too. The shared passes run without gradient checkpointing (a
-checkpointed layer would write the KV cache again when recomputed); a micro-batch with nothing to
-share takes one ordinary pass over the full sequences, checkpointed as configured.
-
-`install_group_prefix(model)` adds a keyword to the model's forward: `model(..., coz_group_prefix=
-spec)` returns per-token `log_probs` and `entropy` of the last `spec["logits_to_keep"]` tokens,
-as TRL's fused LM head does (temperature applied, padding positions 0). Called through the
-DDP / DeepSpeed / PEFT wrappers, so gradient synchronisation and adapters work as usual.
+checkpointed layer would write the KV cache again when recomputed); a call with nothing to share,
+or one it does not cover (a cache, position ids, embeddings, use_cache, attention or hidden-state
+outputs, no images), is the library's own forward, checkpointed as configured.
 """
 
 from __future__ import annotations
 
-import functools
-import types
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.utils import ModelOutput
 
 from coz_train.perf.prefix import (
-    check_supported,
     detach_cache,
     group_owner,
     images_per_row,
@@ -40,14 +40,9 @@ from coz_train.perf.prefix import (
     run_prefix,
 )
 
-KWARG = "coz_group_prefix"
-
-
-@dataclass
-class GroupPrefixOutput(ModelOutput):
-    log_probs: torch.Tensor | None = None
-    entropy: torch.Tensor | None = None
-    aux_loss: torch.Tensor | None = None
+# keywords the shared path reads; any other keyword with a value makes the call the library's own
+_COVERED = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "use_cache",
+            "return_dict"}
 
 
 def per_sample_images(pixel_values: torch.Tensor | None, image_grid_thw: torch.Tensor | None,
@@ -56,114 +51,117 @@ def per_sample_images(pixel_values: torch.Tensor | None, image_grid_thw: torch.T
     if pixel_values is None or image_grid_thw is None:
         return [None] * n, [None] * n
     if len(num_images) != n or sum(num_images) != image_grid_thw.shape[0]:
-        raise ValueError(f"{KWARG}: {image_grid_thw.shape[0]} images do not split into rows holding {num_images}.")
+        raise ValueError(f"perf.group_prefix: {image_grid_thw.shape[0]} images do not split into rows holding "
+                         f"{num_images}.")
     grids = list(torch.split(image_grid_thw, list(num_images)))
     rows = [int(g.prod(-1).sum()) for g in grids]
     return list(torch.split(pixel_values, rows)), grids
 
 
-def token_logps(inner: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                cast_lm_head_to_fp32: bool, compute_entropy: bool,
-                entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of `targets` and (optionally) entropies at temperature, as TRL's fused LM head computes them.
-    Without `entropy_grad` the entropy is computed off the graph (it only feeds metrics and masks then)."""
-    head = inner.get_output_embeddings()
-    if cast_lm_head_to_fp32:
-        if head.weight.numel() == 0:
-            raise ValueError("perf.group_prefix with grpo.cast_lm_head_to_fp32 needs the LM head's full weight, which "
-                             "ZeRO-3 shards: set one of them to false.")
-        with torch.autocast(hidden.device.type, enabled=False):
-            bias = None if head.bias is None else head.bias.float()
-            logits = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
-    else:
-        logits = head(hidden).float()
-    logits = logits / temperature
-    log_softmax = torch.log_softmax(logits, dim=-1)
-    logps = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if compute_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            source = log_softmax if entropy_grad else log_softmax.detach()
-            entropy = -(source.exp() * source).sum(-1)
-    return logps, entropy
+@dataclass
+class Plan:
+    """How one call shares: rows' owner prefix, the representative rows, the shared length."""
+
+    owner: torch.Tensor
+    reps: list[int]
+    length: int
+    pixels: list
+    grids: list
 
 
-def group_prefix_forward(inner: Any, spec: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
-                         mm_token_type_ids: torch.Tensor | None = None, **_: Any) -> GroupPrefixOutput:
-    keep = int(spec["logits_to_keep"])
-    n, length = input_ids.shape
-    prompt_len = length - keep
-    if prompt_len < 1 or keep < 1:
-        raise ValueError(f"{KWARG}: logits_to_keep={keep} must leave a prompt in sequences of length {length}.")
-    prompt_ids, prompt_mask = input_ids[:, :prompt_len], attention_mask[:, :prompt_len]
-    num_images = spec.get("num_images") or images_per_row(inner, prompt_ids, prompt_mask)
-    pixels, grids = per_sample_images(pixel_values, image_grid_thw, list(num_images), n)
-    options = (float(spec.get("temperature", 1.0)), bool(spec.get("cast_lm_head_to_fp32", False)),
-               bool(spec.get("compute_entropy")), bool(spec.get("entropy_grad", True)))
+@dataclass
+class SharedPrompt:
+    """The backbone's forward for full sequences whose rows share prefixes.
 
-    real = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
+    `position_offset` and `detach_cache` break it on purpose: negative controls for the tests only.
+    """
 
-    def same(i: int, j: int) -> bool:
-        if pixels[i] is None or pixels[j] is None:
-            return pixels[i] is None and pixels[j] is None
-        return torch.equal(grids[i], grids[j]) and torch.equal(pixels[i], pixels[j])
+    position_offset: int = 0
+    detach_cache: bool = False
+    calls: int = 0  # full-sequence calls that shared a prefix
+    plain_calls: int = 0  # full-sequence calls it left to the library's forward
 
-    owner, reps = group_owner([tuple(r) for r in real], same)
-    if len(reps) == n and not spec.get("position_offset") and not spec.get("detach_cache"):
-        # nothing to share: the full sequences in one ordinary pass, gradient checkpointing as configured
-        out = inner.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                          image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids)
-        hidden = out.last_hidden_state[:, prompt_len - 1 : -1]
-        return _output(inner, hidden, input_ids[:, prompt_len:], attention_mask[:, prompt_len:], options)
-    owner = owner.to(input_ids.device)
-    rep_pixels = [pixels[r] for r in reps if pixels[r] is not None]
-    with no_gradient_checkpointing(inner):
-        prefix = run_prefix(
-            inner,
-            prompt_ids[reps],
-            prompt_mask[reps],
-            mm_token_type_ids=None if mm_token_type_ids is None else mm_token_type_ids[reps, :prompt_len],
-            pixel_values=torch.cat(rep_pixels) if rep_pixels else None,
-            image_grid_thw=torch.cat([grids[r] for r in reps]) if rep_pixels else None,
-            position_offset=int(spec.get("position_offset", 0)),
-        )
-        if spec.get("detach_cache"):
-            detach_cache(prefix.cache)
-        hidden = prefix.hidden[owner][:, None]
-        if keep > 1:
-            repeat_cache(prefix.cache, owner)
-            rest = run_continuation(inner, prefix, owner, input_ids[:, prompt_len:-1], attention_mask[:, prompt_len:-1])
-            hidden = torch.cat([hidden, rest], dim=1)
-    return _output(inner, hidden, input_ids[:, prompt_len:], attention_mask[:, prompt_len:], options)
+    def __call__(self, backbone: Any, kwargs: dict) -> Any:
+        if kwargs.get("use_cache") or kwargs.get("cache") is not None:
+            return backbone.library_forward(**kwargs)  # generation, and the shared passes' own steps
+        plan = self.plan(backbone, kwargs)
+        if plan is None:
+            self.plain_calls += 1
+            return backbone.library_forward(**kwargs)
+        self.calls += 1
+        return self.run(backbone, plan, kwargs)
+
+    def plan(self, backbone: Any, kwargs: dict) -> Plan | None:
+        if any(v is not None and v is not False for k, v in kwargs.items()
+                                          if k not in _COVERED):
+            return None
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        pixel_values, grid = kwargs.get("pixel_values"), kwargs.get("image_grid_thw")
+        if ids is None or mask is None or pixel_values is None or grid is None or ids.shape[0] < 2:
+            return None
+        n, length = ids.shape
+        counts = images_per_row(backbone, ids, mask)
+        if sum(counts) != grid.shape[0]:
+            return None
+        pixels, grids = per_sample_images(pixel_values, grid, counts, n)
+        ends = image_ends(backbone, ids)  # one past each row's last image token
+        host_ids, host_mask = ids.cpu(), mask.cpu()
+        keys = [tuple(host_ids[r, : ends[r]].tolist()) + tuple(host_mask[r, : ends[r]].tolist()) for r in range(n)]
+
+        def same(i: int, j: int) -> bool:
+            return torch.equal(grids[i], grids[j]) and torch.equal(pixels[i], pixels[j])
+
+        owner, reps = group_owner(keys, same)
+        if len(reps) == n and not (self.position_offset or self.detach_cache):
+            return None  # nothing to share
+        shared = length
+        for g in range(len(reps)):
+            rows = (owner == g).nonzero().flatten()
+            if len(rows) < 2:
+                continue
+            agree = ((host_ids[rows] == host_ids[rows[0]]) & (host_mask[rows] == host_mask[rows[0]])).all(0)
+            shared = min(shared, int(agree.long().cumprod(0).sum()))
+        if shared < max(ends) or shared < 1:
+            return None  # an image past the shared part: the rows' own tokens would not be text
+        return Plan(owner.to(ids.device), reps, shared, pixels, grids)
+
+    def run(self, backbone: Any, plan: Plan, kwargs: dict) -> Any:
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        mm = kwargs.get("mm_token_type_ids")
+        reps, shared = plan.reps, plan.length
+        with no_gradient_checkpointing(backbone):
+            prefix = run_prefix(
+                backbone,
+                ids[reps, :shared],
+                mask[reps, :shared],
+                mm_token_type_ids=None if mm is None else mm[reps, :shared],
+                pixel_values=torch.cat([plan.pixels[r] for r in reps]),
+                image_grid_thw=torch.cat([plan.grids[r] for r in reps]),
+                position_offset=self.position_offset,
+            )
+            if self.detach_cache:
+                detach_cache(prefix.cache)
+            hidden = prefix.states[plan.owner]
+            if shared < ids.shape[1]:
+                repeat_cache(prefix.cache, plan.owner)
+                rest = run_continuation(backbone, prefix, plan.owner, ids[:, shared:], mask[:, shared:])
+                hidden = torch.cat([hidden, rest], dim=1)
+        return prefix.output_class(last_hidden_state=hidden)
 
 
-def _output(inner: Any, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-            options: tuple) -> GroupPrefixOutput:
-    logps, entropy = token_logps(inner, hidden, targets, *options)
-    mask = mask.to(logps.dtype)
-    return GroupPrefixOutput(log_probs=logps * mask, entropy=None if entropy is None else entropy * mask)
+def image_ends(backbone: Any, input_ids: torch.Tensor) -> list[int]:
+    """Per row, one past its last vision-end token (0 for a row without images)."""
+    end = backbone.config.vision_end_token_id
+    hits = input_ids == end
+    positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+    return (hits * positions).amax(dim=1).tolist()
 
 
-def install_group_prefix(model: Any) -> Any:
-    """Let `model(..., coz_group_prefix=spec)` run the group-shared path; returns the patched inner model."""
-    inner = check_supported(model, "perf.group_prefix")
-    if getattr(inner.forward, "_coz_group_prefix", False):
-        return inner
-    text_config = inner.config.get_text_config()
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(text_config, attr, None) not in (None, 1.0):
-            raise ValueError(f"perf.group_prefix: {attr} in the model config is not supported; set perf.group_prefix=false.")
-    original = inner.forward
+def install_group_prefix(model: Any, shared: SharedPrompt | None = None) -> SharedPrompt:
+    """Set the shared-prompt forward as the backbone's `shared_prompt` (the one there, if set); returns it."""
+    from coz_train.perf.model import switchable
 
-    @functools.wraps(type(inner).forward)
-    def forward(self: Any, *args: Any, coz_group_prefix: dict | None = None, **kwargs: Any) -> Any:
-        if coz_group_prefix is None:
-            return original(*args, **kwargs)
-        if args:
-            raise TypeError(f"{KWARG}: pass the model inputs as keywords.")
-        return group_prefix_forward(self, coz_group_prefix, **kwargs)
-
-    forward._coz_group_prefix = True  # type: ignore[attr-defined]
-    inner.forward = types.MethodType(forward, inner)
-    return inner
+    _, backbone = switchable(model, "perf.group_prefix")
+    if backbone.shared_prompt is None:
+        backbone.shared_prompt = shared or SharedPrompt()
+    return backbone.shared_prompt

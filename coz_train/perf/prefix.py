@@ -39,6 +39,11 @@ def unwrap(model: Any) -> Any:
     return model
 
 
+def backbone_of(model: Any) -> Any:
+    """The backbone (`Qwen2_5_VLModel` ...) of a ForConditionalGeneration, or the backbone itself."""
+    return model if hasattr(model, "get_rope_index") else unwrap(model).model
+
+
 def check_supported(model: Any, what: str) -> Any:
     """The unwrapped model if it is a Qwen2-VL / Qwen2.5-VL model; else a ValueError naming the switch."""
     inner = unwrap(model)
@@ -55,18 +60,24 @@ def check_supported(model: Any, what: str) -> Any:
 class Prefix:
     """A batch of distinct prefixes after one forward pass."""
 
-    hidden: torch.Tensor  # [P, H] last-position hidden state of each prefix
+    states: torch.Tensor  # [P, L, H] hidden states of every prefix position
     cache: Any  # the prefixes' KV cache, P rows
     next_position: torch.Tensor  # [P] M-RoPE position of the first continuation token
     attention_mask: torch.Tensor  # [P, L] the prefixes' (left-padded) attention mask
+    output_class: type  # the backbone's output class
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """[P, H] last-position hidden state of each prefix."""
+        return self.states[:, -1]
 
 
-def rope_positions(inner: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def rope_positions(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    mm_token_type_ids: torch.Tensor | None, image_grid_thw: torch.Tensor | None) -> torch.Tensor:
     """M-RoPE position ids [3, B, L] of a left-padded batch, as the model computes them itself."""
     if mm_token_type_ids is None:
         mm_token_type_ids = torch.zeros_like(input_ids)
-    positions, _ = inner.model.get_rope_index(
+    positions, _ = backbone_of(model).get_rope_index(
         input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
     )
     return positions
@@ -95,8 +106,9 @@ def run_prefix(inner: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """
     from transformers import DynamicCache
 
-    positions = rope_positions(inner, input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
-    out = inner.model(
+    backbone = backbone_of(inner)
+    positions = rope_positions(backbone, input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+    out = backbone(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions,
@@ -106,7 +118,7 @@ def run_prefix(inner: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
         cache=DynamicCache(config=inner.config),
     )
     next_position = positions.amax(dim=(0, 2)) + 1 + position_offset
-    return Prefix(out.last_hidden_state[:, -1], out.cache, next_position, attention_mask)
+    return Prefix(out.last_hidden_state, out.cache, next_position, attention_mask, type(out))
 
 
 def repeat_cache(cache: Any, owner: torch.Tensor) -> None:
@@ -136,8 +148,8 @@ def run_continuation(inner: Any, prefix: Prefix, owner: torch.Tensor, input_ids:
     if past_mask is None:
         raise ValueError("run_continuation needs the cache of the prefix alone (use decode_step for later tokens).")
     full_mask = torch.cat([past_mask, attention_mask.to(past_mask.dtype)], dim=1)
-    out = inner.model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
-                      cache=prefix.cache, use_cache=True)
+    out = backbone_of(inner)(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
+                             cache=prefix.cache, use_cache=True)
     return out.last_hidden_state
 
 

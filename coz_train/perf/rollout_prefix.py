@@ -1,7 +1,7 @@
 """Rollouts with each group's prompt prefilled once (`perf.rollout_prefix`).
 
-TRL generates on the B x G expanded prompts, so the prefill runs every prompt G times. Here the
-model's `generate` first runs each distinct prompt once, all but its last token
+TRL generates on the B x G expanded prompts, so the prefill runs every prompt G times. Installed as the
+model's `rollout_prefix` (`coz_train.perf.model`: a model loaded with `load_vlm`), the model's `generate` first runs each distinct prompt once, all but its last token
 (`coz_train.perf.prefix.run_prefix`), repeats that KV cache to the rows, sets the rows' M-RoPE
 deltas, and hands transformers' `generate` the full prompts with that cache: generation then
 starts from the last prompt token, as a continued generation does, and samples exactly as
@@ -18,14 +18,13 @@ It steps aside (plain `generate`) for calls it does not cover: no images, a cach
 from __future__ import annotations
 
 import copy
-import functools
-import types
 from typing import Any
 
 import torch
 
 from coz_train.perf.group_prefix import per_sample_images
-from coz_train.perf.prefix import check_supported, group_owner, images_per_row, repeat_cache, run_prefix
+from coz_train.perf.model import switchable
+from coz_train.perf.prefix import group_owner, images_per_row, repeat_cache, run_prefix
 
 STATIC_BUCKET = 128  # static cache lengths are rounded up to this: fewer sizes, fewer compiled graphs
 
@@ -122,17 +121,8 @@ class RolloutPrefix:
 
 
 def install_rollout_prefix(model: Any) -> RolloutPrefix:
-    """Route the model's `generate` through the shared prefill; returns the switch (`.enabled`)."""
-    inner = check_supported(model, "perf.rollout_prefix")
-    existing = getattr(inner, "_coz_rollout_prefix", None)
-    if existing is not None:
-        return existing
-    handle = RolloutPrefix(inner, inner.generate)
-
-    @functools.wraps(type(inner).generate)
-    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return handle.generate(*args, **kwargs)
-
-    inner.generate = types.MethodType(generate, inner)
-    inner._coz_rollout_prefix = handle
-    return handle
+    """Set the shared prefill as the model's `rollout_prefix` (the one there, if set); returns it (`.enabled`)."""
+    inner, _ = switchable(model, "perf.rollout_prefix")
+    if inner.rollout_prefix is None:
+        inner.rollout_prefix = RolloutPrefix(inner, inner.library_generate)
+    return inner.rollout_prefix

@@ -17,7 +17,8 @@ an image's key is its handle, which names one stored, preprocessed image, and a 
 pixels the source holds for it. Nothing is compared pixel by pixel, and no pixel rows reach the device but
 those of the images the tower runs on.
 
-`install_vision_cache(model, max_images)` patches the model's `get_image_features`; it refuses a
+`install_vision_cache(model, max_images)` sets the cache as the backbone's `vision_cache` (a model loaded
+with `load_vlm`: `coz_train.perf.model`), whose `get_image_features` then asks it; it refuses a
 model whose vision tower or merger has trainable weights (`policy.freeze_vision_tower=false`,
 `policy.freeze_projector=false`, or a LoRA that targets vision modules).
 """
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from coz_train.perf.image_cache import PixelHandles
-from coz_train.perf.prefix import unwrap
+from coz_train.perf.model import switchable
 
 
 class VisionCacheRefused(ValueError):
@@ -46,12 +47,23 @@ def trainable_vision_weights(inner: Any) -> list[str]:
     return names
 
 
+def refuse_trained_vision(inner: Any) -> None:
+    """A VisionCacheRefused naming the trained weights when the vision tower or merger is being trained."""
+    trainable = trainable_vision_weights(inner)
+    if trainable:
+        raise VisionCacheRefused(
+            "perf.vision_cache=true needs a frozen vision tower and merger, but these are trained: "
+            f"{', '.join(trainable[:5])}{' ...' if len(trainable) > 5 else ''}. Set perf.vision_cache=false "
+            "(or keep policy.freeze_vision_tower=true, policy.freeze_projector=true and the LoRA on the language model)."
+        )
+
+
 class VisionFeatureCache:
     SAMPLES = 32  # pixel values per image in the lookup key; a match is always confirmed on every pixel
 
-    def __init__(self, inner: Any, max_images: int):
-        self.inner, self.max_images = inner, max(0, int(max_images))
-        self.compute = inner.model.get_image_features  # the model's own method
+    def __init__(self, compute: Any, max_images: int):
+        """`compute`: the library's own `get_image_features` (the backbone's `library_image_features`)."""
+        self.compute, self.max_images = compute, max(0, int(max_images))
         self.entries: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.hits = self.misses = 0
         self.pixel_source: Any = None  # a CachedImageProcessor in handle mode (perf.pixel_handles)
@@ -162,27 +174,19 @@ def is_handles(pixel_values: torch.Tensor) -> bool:
 
 
 def install_vision_cache(model: Any, max_images: int) -> VisionFeatureCache:
-    """Patch the model's `get_image_features` with a content-keyed cache; returns the cache."""
-    inner = unwrap(model)
-    if not hasattr(getattr(inner, "model", None), "get_image_features"):
-        raise VisionCacheRefused(f"perf.vision_cache: {type(inner).__name__} has no get_image_features to cache.")
-    existing = inner.model.__dict__.get("get_image_features")
-    if isinstance(existing, VisionFeatureCache):
-        return existing
-    trainable = trainable_vision_weights(inner)
-    if trainable:
-        raise VisionCacheRefused(
-            "perf.vision_cache=true needs a frozen vision tower and merger, but these are trained: "
-            f"{', '.join(trainable[:5])}{' ...' if len(trainable) > 5 else ''}. Set perf.vision_cache=false "
-            "(or keep policy.freeze_vision_tower=true, policy.freeze_projector=true and the LoRA on the language model)."
-        )
-    cache = VisionFeatureCache(inner, max_images)
-    inner.model.get_image_features = cache
-    return cache
+    """A content-keyed cache set as the backbone's `vision_cache`; returns it (the one there, if set)."""
+    try:
+        inner, backbone = switchable(model, "perf.vision_cache")
+    except ValueError as error:
+        raise VisionCacheRefused(str(error)) from None
+    if backbone.vision_cache is not None:
+        return backbone.vision_cache
+    refuse_trained_vision(inner)
+    backbone.vision_cache = VisionFeatureCache(backbone.library_image_features, max_images)
+    return backbone.vision_cache
 
 
 def uninstall_vision_cache(model: Any) -> None:
-    """Back to the model's own `get_image_features`."""
-    inner = unwrap(model)
-    if isinstance(inner.model.__dict__.get("get_image_features"), VisionFeatureCache):
-        del inner.model.get_image_features
+    """Back to the library's own `get_image_features`."""
+    _, backbone = switchable(model, "perf.vision_cache")
+    backbone.vision_cache = None

@@ -65,7 +65,12 @@ def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | N
 
 
 def load_vlm(path: str, section: Any, device_map: Any = None) -> torch.nn.Module:
-    from transformers import AutoModelForImageTextToText
+    """The model at `path` through transformers' image-text-to-text auto class. A Qwen2-VL / Qwen2.5-VL model loads
+    as the library's class with switchable fast paths, every one off (`coz_train.perf.model`): the library's own
+    forward and generate until a `perf` switch is installed on it."""
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoConfig, AutoModelForImageTextToText
+
+    from coz_train.perf.model import SUPPORTED_MODEL_TYPES, switchable_class
 
     kwargs: dict[str, Any] = {
         "revision": section.revision,
@@ -76,4 +81,8 @@ def load_vlm(path: str, section: Any, device_map: Any = None) -> torch.nn.Module
         kwargs["attn_implementation"] = section.attn_implementation
     if device_map is not None:
         kwargs["device_map"] = device_map
+    config = AutoConfig.from_pretrained(path, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    if config.model_type in SUPPORTED_MODEL_TYPES and type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        model_class = switchable_class(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)])
+        return model_class.from_pretrained(path, config=config, **kwargs)
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)

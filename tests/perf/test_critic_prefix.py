@@ -156,7 +156,7 @@ def test_critic_reward_scores_equal_with_and_without_shared_prefix(make_config, 
                           "critic.device=cpu")
         reward = build_critic_reward({}, cfg)
         assert reward.backend.shared_prefix is on
-        vision = unwrap(reward.backend.model).model.__dict__.get("get_image_features")
+        vision = unwrap(reward.backend.model).model.vision_cache
         assert (vision is not None and vision.pixel_source is reward.backend.processor.image_processor) is on
         texts = [*TEXTS, "a cat"]
         # generate mode on a random tiny critic scores nothing, which the reward refuses: compare the backend's scores

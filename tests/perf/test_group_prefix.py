@@ -1,11 +1,15 @@
-"""perf.group_prefix: each group's prompt runs once, and log-probs, entropies and LoRA gradients equal TRL's path."""
+"""perf.group_prefix: each group's prompt runs once, and log-probs, entropies and LoRA gradients equal TRL's path.
+
+Both paths go through TRL's own fused LM head (`model(..., labels=..., fused_lm_head=True)`, as its trainer calls
+it); the fast one with the backbone's `shared_prompt` set, the plain one with it off (the library's forward)."""
 
 import pytest
 import torch
 from trl.trainer.utils import add_fused_lm_head
 
 from coz_train.perf import group_prefix
-from coz_train.perf.group_prefix import install_group_prefix
+from coz_train.perf.group_prefix import SharedPrompt, install_group_prefix
+from coz_train.perf.prefix import rope_positions
 
 TEMPERATURE = 0.7
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -26,10 +30,9 @@ def grad_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(params=["qwen2_5_vl"])
 def policy(request, make_policy, policy_cfg_with):
-    """The tiny fp32 policy with LoRA, TRL's fused LM head on the base model, and the group-prefix keyword."""
+    """The tiny fp32 policy with LoRA and TRL's fused LM head on the base model (group prefix off)."""
     model, processor = make_policy(policy_cfg_with({"name_or_path": f"tiny:{request.param}"}))
     add_fused_lm_head(model.get_base_model(), temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
-    install_group_prefix(model)
     model.eval()
     return model, processor
 
@@ -60,8 +63,8 @@ def token_weights(batch: dict) -> torch.Tensor:
     return torch.randn(batch["input_ids"].shape[0], batch["logits_to_keep"], generator=generator)
 
 
-def plain_pass(model, batch: dict, weights: torch.Tensor):
-    """TRL's path: every row in full through the fused LM head, labels only on the completion."""
+def trl_pass(model, batch: dict, weights: torch.Tensor):
+    """TRL's call: every row in full through the fused LM head, labels only on the completion."""
     keep = batch["logits_to_keep"]
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     labels[:, :-keep] = -100
@@ -71,12 +74,19 @@ def plain_pass(model, batch: dict, weights: torch.Tensor):
     return logps.detach(), entropy.detach(), lora_grads(model)
 
 
+def plain_pass(model, batch: dict, weights: torch.Tensor):
+    model.get_base_model().model.shared_prompt = None
+    return trl_pass(model, batch, weights)
+
+
 def group_pass(model, batch: dict, weights: torch.Tensor, **knobs):
-    spec = {"logits_to_keep": batch["logits_to_keep"], "num_images": batch["num_images"],
-            "temperature": TEMPERATURE, "compute_entropy": True, **knobs}
-    out = model(**{k: batch[k] for k in INPUT_KEYS}, coz_group_prefix=spec)
-    (out.log_probs * weights).sum().backward()
-    return out.log_probs.detach(), out.entropy.detach(), lora_grads(model)
+    backbone = model.get_base_model().model
+    backbone.shared_prompt = None
+    install_group_prefix(model, SharedPrompt(**knobs))
+    try:
+        return trl_pass(model, batch, weights)
+    finally:
+        backbone.shared_prompt = None
 
 
 def assert_same_as_plain(model, batch: dict, prefix_rows: list, groups: int) -> None:
@@ -152,35 +162,35 @@ def test_install_group_prefix_refuses_a_model_without_mrope():
         install_group_prefix(LlamaForCausalLM(config))
 
 
-def test_a_batch_with_nothing_to_share_takes_one_checkpointed_pass(make_policy, make_batch, monkeypatch):
-    """Every prompt distinct: the full sequences in one ordinary pass (no cache, checkpointing left on),
-    same log-probs as TRL's path."""
+def test_a_batch_with_nothing_to_share_is_the_librarys_own_pass(make_policy, make_batch, monkeypatch):
+    """Every prompt distinct: the library's forward (no cache, checkpointing left on), TRL's log-probs exactly."""
     model, processor = make_policy()
     add_fused_lm_head(model.get_base_model(), temperature=0.7, outputs=("log_probs", "entropy"))
-    install_group_prefix(model)
     batch = make_batch(processor, groups=3, per_group=1)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
-    keep = batch["logits_to_keep"]
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    labels[:, :-keep] = -100
     shared_passes = []
     monkeypatch.setattr(group_prefix, "run_prefix", lambda *a, **k: shared_passes.append(1))
     model.eval()
-    plain = model(**inputs, labels=labels, fused_lm_head=True)
-    fast = model(**inputs, coz_group_prefix=dict(logits_to_keep=keep, temperature=0.7, compute_entropy=True))
-    assert shared_passes == []
-    assert (fast.log_probs - plain.log_probs[:, -keep:]).abs().max() < 1e-5
-    assert (fast.entropy - plain.entropy[:, -keep:]).abs().max() < 1e-4
+    weights = token_weights(batch)
+    plain = plain_pass(model, batch, weights)
+    shared = install_group_prefix(model)
+    fast = trl_pass(model, batch, weights)
+    assert shared_passes == [] and shared.calls == 0 and shared.plain_calls == 1
+    for got, ref in zip(fast, plain, strict=True):
+        assert torch.equal(got, ref)
 
 
-def test_entropy_leaves_the_graph_unless_an_entropy_bonus_needs_it(make_policy, make_batch):
+def test_calls_it_does_not_cover_are_the_librarys_own(make_policy, make_batch):
+    """A cache, position ids or use_cache (generation, the prefix passes themselves) go to the library's forward."""
     model, processor = make_policy()
-    install_group_prefix(model)
+    shared = install_group_prefix(model)
     batch = make_batch(processor, groups=1, per_group=2)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
-    spec = dict(logits_to_keep=batch["logits_to_keep"], compute_entropy=True)
-    with_grad = model(**inputs, coz_group_prefix=dict(spec, entropy_grad=True))
-    without = model(**inputs, coz_group_prefix=dict(spec, entropy_grad=False))
-    assert with_grad.entropy.requires_grad and not without.entropy.requires_grad
-    assert without.log_probs.requires_grad
-    assert torch.allclose(with_grad.entropy, without.entropy)
+    inputs = {k: batch[k] for k in INPUT_KEYS}
+    backbone = model.get_base_model().model
+    with torch.no_grad():
+        backbone(**inputs, use_cache=True)
+        positions = rope_positions(backbone, batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"],
+                                   batch["image_grid_thw"])
+        backbone(**inputs, position_ids=positions)
+        assert (shared.calls, shared.plain_calls) == (0, 1)
+        backbone(**inputs)
+        assert (shared.calls, shared.plain_calls) == (1, 1)

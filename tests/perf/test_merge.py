@@ -32,6 +32,7 @@ def test_the_trainer_guards_a_weight_sync_that_merges_and_unmerges(make_config):
     """The trainer wraps TRL's vLLM `sync_weights` (not installed here: a sync doing what TRL's does stands in)."""
     from types import SimpleNamespace
 
+    from coz_train.perf.trl_seams import vllm_base_weights
     from coz_train.train import build_trainer
 
     trainer, _ = build_trainer(make_config("+experiment=smoke", "logging.wandb=false"))
@@ -47,7 +48,7 @@ def test_the_trainer_guards_a_weight_sync_that_merges_and_unmerges(make_config):
         model.unmerge_adapter()
 
     trainer.vllm_generation = SimpleNamespace(sync_weights=sync_weights)
-    trainer._keep_base_weights_in_vllm_sync()
+    vllm_base_weights(trainer)
     before = base_weights(model)
     trainer.vllm_generation.sync_weights()
     assert all(torch.equal(a, b) for a, b in zip(before, base_weights(model), strict=True))

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+import trl.trainer.grpo_trainer as trl_grpo
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from trl.trainer.utils import shuffle_sequence_dict
 
 import coz_train.train as train_module
-from coz_train.perf import fast_path as fast_path_module
-from coz_train.perf import group_prefix
+from coz_train.perf import group_prefix, merge, trl_seams
 from coz_train.perf.group_batches import group_runs, group_shuffle
 from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
@@ -155,7 +155,7 @@ def test_merged_adapters_restore_bf16_weights_where_peft_unmerge_does_not(make_p
 @pytest.fixture
 def switch_calls(monkeypatch):
     """Counts of the perf code paths a run goes through, and the trainer that train() built."""
-    calls = {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0, "trainers": [], "fast_paths": [],
+    calls = {"run": 0, "group_shuffle": 0, "merged_adapters": 0, "trainers": [], "fast_paths": [],
              "generation_configs": [], "changes": {}}
 
     def counting(module, name):
@@ -167,9 +167,9 @@ def switch_calls(monkeypatch):
 
         monkeypatch.setattr(module, name, spy)
 
-    counting(group_prefix, "group_prefix_forward")
-    counting(fast_path_module, "group_shuffle")
-    counting(fast_path_module, "merged_adapters")
+    counting(group_prefix.SharedPrompt, "run")  # a full-sequence pass that shared prompts
+    counting(trl_seams, "group_shuffle")
+    counting(merge, "merged_adapters")
 
     def keep_trainer(cfg, *args):
         trainer, resume = build_trainer(cfg, *args)
@@ -213,7 +213,7 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     plain_generation, fast_generation, compiled_generation = switch_calls["generation_configs"]
 
     # the fast run did take the fast paths, the plain run none of them
-    assert counts["plain"] == {"group_prefix_forward": 0, "group_shuffle": 0, "merged_adapters": 0}
+    assert counts["plain"] == {"run": 0, "group_shuffle": 0, "merged_adapters": 0}
     assert all(v > 0 for v in counts["fast"].values()), counts["fast"]
     assert plain_path.vision_caches == [] and fast_path.vision_caches[0].hits > 0
     assert plain_path.image_cache is None and fast_path.image_cache.hits > 0
@@ -226,16 +226,21 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     assert fast_path.image_cache.handles and any(c.name == "pixel_source" and c.value is fast_path.image_cache
                                                  for c in switch_calls["changes"][id(fast_path)])
 
-    # compiled decode: TRL's generation config (compilation off) replaced by a static-cache, compiled one
-    assert plain_generation.disable_compile and fast_generation.disable_compile
-    assert not compiled_generation.disable_compile and compiled_generation.cache_implementation == "static"
+    # compiled decode: the policy's generate turned TRL's generation config (compilation off, left alone) into a
+    # static-cache, compiled one
+    assert plain_generation.disable_compile and fast_generation.disable_compile and compiled_generation.disable_compile
+    source, compiled = unwrap(compiled_trainer.model).compiled_generation
+    assert source is compiled_generation and not compiled.disable_compile and compiled.cache_implementation == "static"
     assert compiled_path.rollout_prefix.calls == 3 and compiled_path.rollout_prefix.static_cache is not None
     assert hasattr(unwrap(compiled_trainer.model), "_compiled_call")
-    # after the run, train() took the fast path off: TRL's own objects are back
+    # after the run, train() took the fast path off: TRL's own objects are back, every model switch off
     for trainer in (fast_trainer, compiled_trainer):
         assert trainer.fast_path is None and trainer.generation_config.disable_compile
         assert type(trainer.processing_class.__dict__["image_processor"]).__name__ != "CachedImageProcessor"
-        assert not {"generate", "_coz_rollout_prefix"} & set(unwrap(trainer.model).__dict__)
+        policy = unwrap(trainer.model)
+        assert policy.rollout_prefix is None and not policy.merge_adapters_for_generation
+        assert not policy.compiled_decode and policy.model.shared_prompt is None and policy.model.vision_cache is None
+        assert trl_grpo.shuffle_sequence_dict is not trl_seams.group_shuffle
 
     moved = max(t.abs().max().item() for k, t in adapters["plain"].items() if "lora_B" in k)
     assert moved > 1e-3  # LoRA B starts at zero: the runs did train, by 100x the tolerance below

@@ -52,7 +52,7 @@ def test_lookup_is_by_content_and_the_cache_is_bounded(make_policy, make_batch):
     model, processor = make_policy()
     model.eval()
     images = per_image(make_batch(processor, groups=2, per_group=1, image_sizes=ONE_SHAPE))
-    encode = unwrap(model).model.get_image_features  # the model's own method, before the cache
+    encode = unwrap(model).model.library_image_features  # the library's own method, beside the cache
     with torch.no_grad():
         reference = [encode(p, g).pooler_output[0] for p, g in images]
     cache = install_vision_cache(model, max_images=2)

@@ -1,7 +1,7 @@
 """What the policy phases share: the policy, the step's batch and device, and the plain and fast log-prob passes.
 
-`install(policy)` gives the plain path TRL's fused log-prob head and the fast path the group-prefix
-keyword; `PolicyBench` holds one benchmark run's policy, batch and shape, and the helpers the policy
+`install(policy)` gives the policy TRL's fused log-prob head, which both paths score through (the fast one with
+the backbone's shared prompt on, `perf.group_prefix`); `PolicyBench` holds one benchmark run's policy, batch and shape, and the helpers the policy
 phases (`vision`, `rollout`, `logps`, `train`) time and check with. Each phase is a function of it.
 """
 
@@ -17,18 +17,17 @@ from coz_train.bench.phases.checks import guarded_check
 from coz_train.bench.phases.floors import flops_floor, lm_params_of, params_of
 from coz_train.bench.phases.timing import Device, timed
 from coz_train.bench.workload import Shape, rows
-from coz_train.perf.group_prefix import KWARG, install_group_prefix
+from coz_train.perf.group_prefix import SharedPrompt
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.rollout_prefix import install_rollout_prefix
 from coz_train.perf.vision_cache import install_vision_cache, uninstall_vision_cache
 
 
 def install(policy: Any) -> None:
-    """The plain path's fused log-prob head (as TRL installs it) and the group-prefix keyword."""
+    """TRL's fused log-prob head, as TRL's trainer installs it."""
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(policy.get_base_model(), temperature=1.0, outputs=("log_probs", "entropy"))
-    install_group_prefix(policy)
 
 
 class PolicyBench:
@@ -73,8 +72,13 @@ class PolicyBench:
         return self.policy(**inputs, labels=labels, fused_lm_head=True).log_probs[:, -self.keep:]
 
     def fast_logps(self, inputs: dict, **control: Any) -> torch.Tensor:
-        spec = dict(logits_to_keep=self.keep, num_images=[2] * inputs["input_ids"].shape[0], **control)
-        return self.policy(**inputs, **{KWARG: spec}).log_probs
+        """TRL's call with the backbone's shared prompt on (`control`: SharedPrompt's negative-control knobs)."""
+        backbone = self.inner.model
+        backbone.shared_prompt = SharedPrompt(**control)
+        try:
+            return self.plain_logps(inputs)
+        finally:
+            backbone.shared_prompt = None
 
     @contextlib.contextmanager
     def vision_cached(self) -> Iterator[dict]:

@@ -94,8 +94,8 @@ def install_critic_switches(backend: Any, perf: Any) -> list[Replacement]:
         cache = recorded(changes, backend.processor, "image_processor", "image_cache",
                          lambda: install_image_cache(backend.processor, handles=handles))
         if handles:
-            inner = unwrap(backend.model)
-            vision = recorded(changes, inner.model, "get_image_features", "pixel_handles, critic",
+            backbone = unwrap(backend.model).model
+            vision = recorded(changes, backbone, "vision_cache", "pixel_handles, critic",
                               lambda: install_vision_cache(backend.model, int(perf.get("vision_cache_images", 64))))
             changes.append(Replacement(vision, "pixel_source", cache, "pixel_handles").apply())
     return changes
