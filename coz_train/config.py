@@ -157,7 +157,6 @@ class PerfConfig:
     merge_adapters_for_generation: bool = False  # rollouts with LoRA merged into the weights (restored bit for bit)
     rollout_prefix: bool = False  # rollouts prefill each group's prompt once (KV cache repeated to the G rows)
     compiled_decode: bool = False  # rollouts: static KV cache, compiled decode steps (CUDA graphs on a GPU)
-    allow_untested_versions: bool = False  # run the switches on TRL / transformers versions they were not tested with
 
 
 @dataclass

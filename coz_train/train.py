@@ -50,7 +50,7 @@ from coz_train.data import build_zoom_dataset, check_data_config
 from coz_train.eval.during_training import EvalDuringTraining, check_eval_during_training
 from coz_train.hub import resolve_model
 from coz_train.model_card import ModelCardCallback
-from coz_train.perf.versions import check_tested_versions
+from coz_train.perf.capabilities import check_capabilities
 from coz_train.policy import load_processor, load_vlm, lora_config
 from coz_train.policy.adapters import check_adapter_folder, load_adapter
 from coz_train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
@@ -89,10 +89,10 @@ def grpo_args(cfg: DictConfig, reward_weights: list[float], report_to: list[str]
 
 
 def check_perf_config(cfg: DictConfig, policy_path: str) -> None:
-    """The `perf` switches against the library versions, the policy's architecture and freeze settings, before
-    any weights load."""
+    """The `perf` switches against what the installed libraries offer (coz_train/perf/capabilities.py), the
+    policy's architecture and freeze settings, before any weights load."""
     perf = cfg.perf
-    check_tested_versions(perf)
+    check_capabilities(perf)
     if perf.group_prefix or perf.vision_cache or perf.rollout_prefix:
         from transformers import AutoConfig
 

@@ -47,10 +47,8 @@ def perf_option(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "perf" / f"{name}.yaml"))
 
 
-def step_paths(compiled_decode: bool, ablate: list[str] | tuple = (),
-               allow_untested_versions: bool = False) -> list[tuple[str, dict]]:
-    """(name, perf) of each path; `ablate`: switches of perf=fast left off in the fast paths;
-    `allow_untested_versions`: the run's `perf.allow_untested_versions`, kept in every path."""
+def step_paths(compiled_decode: bool, ablate: list[str] | tuple = ()) -> list[tuple[str, dict]]:
+    """(name, perf) of each path; `ablate`: switches of perf=fast left off in the fast paths."""
     fast = perf_option("fast")
     unknown = sorted(set(ablate) - {k for k, v in fast.items() if isinstance(v, bool)})
     if unknown:
@@ -59,7 +57,7 @@ def step_paths(compiled_decode: bool, ablate: list[str] | tuple = (),
     paths = [("plain", perf_option("plain")), ("fast", fast)]
     if compiled_decode:
         paths.append(("fast_compiled", dict(fast, compiled_decode=True)))
-    return [(name, dict(perf, allow_untested_versions=allow_untested_versions)) for name, perf in paths]
+    return paths
 
 
 def step_config(cfg: DictConfig, dev: Device, steps: int, out: Path) -> tuple[DictConfig, bool]:
@@ -111,9 +109,9 @@ def run_step_bench(cfg: DictConfig, dev: Device, warmup: int, reps: int, out: Pa
     from coz_train.train import build_trainer, check_perf_config
 
     run_cfg, stand_in = step_config(cfg, dev, warmup + reps, out)
-    paths = step_paths(cfg.bench.compiled_decode, list(cfg.bench.ablate), cfg.perf.allow_untested_versions)
+    paths = step_paths(cfg.bench.compiled_decode, list(cfg.bench.ablate))
     policy_path = resolve_model(run_cfg.policy.name_or_path, "policy.name_or_path", run_cfg.policy.revision)
-    for _, perf in paths[1:]:  # every path's switches against the versions and the policy, before models load
+    for _, perf in paths[1:]:  # every path's switches against the libraries and the policy, before models load
         check_perf_config(OmegaConf.merge(run_cfg, {"perf": perf}), policy_path)
     if stand_in:
         log.info("bench.size=real on the CPU: %s and %s stand in for the real models; the models' time is timed "
