@@ -113,12 +113,6 @@ def next_minor(version: str) -> str:
     return f"{major}.{minor_ + 1}"
 
 
-def minor_of(version: str) -> str:
-    """"5.26.0" -> "5.26", "2.14.1+cu130" -> "2.14"."""
-    major, minor_ = (*Version(version).release, 0)[:2]
-    return f"{major}.{minor_}"
-
-
 def widened(line: str, version: str) -> str:
     """The requirement line with its upper end moved just past `version`'s minor release, the rest as written.
 

@@ -1,9 +1,9 @@
-"""The checks run in the scratch venv, each a subprocess with its own log: the install, the perf equality tests,
-the smoke run with perf=plain and perf=fast, and the tiny benchmark.
+"""The checks run in the scratch venv, each a subprocess with its own log: the install, the capability check
+(what each `perf` switch needs of the libraries, coz_train/perf/capabilities.py), the perf equality tests, the
+smoke run with perf=plain and perf=fast, and the tiny benchmark.
 
-Every check runs single-threaded and offline (OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1, wandb offline) with the
-version gate widened to the installed versions in its own process (coz_train/compat/gate.py); the smoke and
-bench runs also get `perf.allow_untested_versions=true`.
+Every check runs single-threaded and offline (OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1, wandb offline), as a run
+would: a switch whose seams hold on the releases tried starts there, one whose seams changed is refused.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 
 from coz_train.compat.venv import venv_python
 
-CHECKS = ("perf-tests", "smoke-plain", "smoke-fast", "bench")
-TITLES = {"install": "install (pip, constraints with the new releases)", "perf-tests": "perf equality tests (tests/perf)",
-          "smoke-plain": "smoke run, perf=plain", "smoke-fast": "smoke run, perf=fast", "bench": "tiny benchmark"}
-ALLOW = "perf.allow_untested_versions=true"
+CHECKS = ("capabilities", "perf-tests", "smoke-plain", "smoke-fast", "bench")
+TITLES = {"install": "install (pip, constraints with the new releases)",
+          "capabilities": "capability check (perf seams)",
+          "perf-tests": "perf equality tests (tests/perf)", "smoke-plain": "smoke run, perf=plain",
+          "smoke-fast": "smoke run, perf=fast", "bench": "tiny benchmark"}
 
 
 @dataclass
@@ -46,21 +47,24 @@ class CheckRun:
 
 
 def check_command(name: str, python: Path, logs: Path, keyword: str | None = None) -> tuple[list[str], Path | None]:
-    """(command, junit path or None) of one check."""
+    """(command, the file it writes its results to or None) of one check: the capability check's JSON, the perf
+    tests' junit XML."""
     py = str(python)
+    if name == "capabilities":
+        report = logs / "capabilities.json"
+        return [py, "-m", "coz_train.perf.capabilities", f"--json={report}"], report
     if name == "perf-tests":
         junit = logs / "perf-tests.xml"
         # --continue-on-collection-errors: a test file that fails to import breaks its switch; the others still run
-        command = [py, "-m", "pytest", "tests/perf", "-q", "-p", "coz_train.compat.gate", "-p", "no:cacheprovider",
-                   "--continue-on-collection-errors", f"--junitxml={junit}"]
+        command = [py, "-m", "pytest", "tests/perf", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+                   f"--junitxml={junit}"]
         return [*command, "-k", keyword] if keyword else command, junit
-    gate = [py, "-m", "coz_train.compat.gate"]
     if name == "smoke-plain":
-        return [*gate, "coz_train", "+experiment=smoke", ALLOW, f"hydra.run.dir={logs / name}"], None
+        return [py, "-m", "coz_train", "+experiment=smoke", f"hydra.run.dir={logs / name}"], None
     if name == "smoke-fast":
-        return [*gate, "coz_train", "+experiment=smoke", "perf=fast", ALLOW, f"hydra.run.dir={logs / name}"], None
+        return [py, "-m", "coz_train", "+experiment=smoke", "perf=fast", f"hydra.run.dir={logs / name}"], None
     if name == "bench":
-        return [*gate, "coz_train.bench", ALLOW, f"hydra.run.dir={logs / name}"], None
+        return [py, "-m", "coz_train.bench", f"hydra.run.dir={logs / name}"], None
     raise ValueError(f"unknown check {name!r}; choose from {', '.join(CHECKS)}.")
 
 

@@ -15,14 +15,13 @@ from coz_train.cli import error_line
 from coz_train.compat.bounds import (
     LIBRARIES,
     constraint_pins,
-    minor_of,
     pinned,
     project_bounds,
     pyproject_requirements,
     with_versions,
 )
 from coz_train.compat.checks import CHECKS, TITLES, CheckRun, check_command, check_environment, run_check
-from coz_train.compat.project import find_checkout, gate_literals
+from coz_train.compat.project import find_checkout, switch_names
 from coz_train.compat.releases import PYPI, given_versions, newest_releases
 from coz_train.compat.report import Library, Outcome, build, render
 from coz_train.compat.venv import install_commands, installed_versions, layered_over, prepare_venv, venv_python
@@ -42,8 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m coz_train.compat", epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Does the project hold on the newest releases of " + ", ".join(LIBRARIES) + "? Installs the "
-                    "checkout into a scratch venv with those releases, runs the perf equality tests, the smoke runs "
-                    "and the tiny benchmark there, and says what to widen, or what broke.")
+                    "checkout into a scratch venv with those releases, runs the capability check (what each perf switch "
+                    "needs of the libraries), the perf equality tests, the smoke runs and the tiny benchmark there, "
+                    "and says what to widen, or what broke.")
     p.add_argument("--versions", nargs="+", metavar="NAME==VERSION", default=[],
                    help="releases to check, given by hand (the libraries not named: the newest on PyPI)")
     p.add_argument("--venv", type=Path, help="the scratch venv (default: <checkout>/.compat-venv)")
@@ -89,28 +89,41 @@ def install(args: argparse.Namespace, root: Path, pyproject: Path, constraints: 
     return done, note
 
 
+def read_capabilities(path: Path) -> dict | None:
+    """The capability check's JSON report ({"versions", "seams"}), None when it wrote none."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("seams"), list) else None
+
+
 def run_checks(args: argparse.Namespace, root: Path, venv: Path, logs: Path, env: dict[str, str],
-               switches: tuple[str, ...], gate_widened: bool) -> tuple[list[CheckRun], list[Verdict] | None]:
-    """The selected checks in turn; (their runs, the perf switches' verdicts when the perf tests ran)."""
+               switches: tuple[str, ...]) -> tuple[list[CheckRun], list[Verdict] | None, dict | None]:
+    """The selected checks in turn; (their runs, the perf switches' verdicts when the perf tests ran, the
+    capability check's report when it ran)."""
     runs: list[CheckRun] = []
-    found = None
+    found = capabilities = None
     for name in dict.fromkeys(args.only or CHECKS):
-        command, junit = check_command(name, venv_python(venv), logs, args.keyword)
-        if junit is not None:
-            junit.unlink(missing_ok=True)  # a --logs folder used before: no verdicts from an earlier run
+        command, output = check_command(name, venv_python(venv), logs, args.keyword)
+        if output is not None:
+            output.unlink(missing_ok=True)  # a --logs folder used before: no results from an earlier run
+        junit = output if name == "perf-tests" else None
         say(f"{TITLES[name]}: running (log {logs / (name + '.log')})")
         check = run_check(CheckRun(name, [command], logs / f"{name}.log", junit=junit), root, env, args.timeout)
         runs.append(check)
         say(f"{TITLES[name]}: {'pass' if check.passed else 'FAIL'} in {check.seconds:.0f} s")
         if junit is not None and junit.is_file():
-            found = verdicts(read_junit(junit), switches, complete=not args.keyword, gate_widened=gate_widened)
-    return runs, found
+            found = verdicts(read_junit(junit), switches, complete=not args.keyword)
+        if name == "capabilities" and output is not None:
+            capabilities = read_capabilities(output)
+    return runs, found, capabilities
 
 
 def run(args: argparse.Namespace) -> dict:
     start = time.monotonic()
     checkout = find_checkout(args.checkout)
-    tested, switches = gate_literals(checkout.versions_py)
+    switches = switch_names(checkout.capabilities_py)
     bounds = project_bounds(checkout.pyproject)
     given = given_versions(args.versions, LIBRARIES)
     venv = (args.venv or checkout.root / ".compat-venv").absolute()
@@ -136,17 +149,15 @@ def run(args: argparse.Namespace) -> dict:
     pins = constraint_pins(constraints)
     repinned = {name: version for name in args.unpin
                 if (version := installed[name]) and pins.get(canonicalize_name(name)) != version}
-    libraries = [Library(name, bounds[name], newest[name][0], newest[name][1], installed[name], pins.get(name),
-                         tested.get(name)) for name in LIBRARIES]
-    gate_widened = {name: minor_of(installed[name]) for name in tested
-                    if installed.get(name) and minor_of(installed[name]) not in tested[name]}
-    runs, found = [], None
+    libraries = [Library(name, bounds[name], newest[name][0], newest[name][1], installed[name], pins.get(name))
+                 for name in LIBRARIES]
+    runs, found, capabilities = [], None, None
     if installed_run is None or installed_run.passed:
-        runs, found = run_checks(args, checkout.root, venv, logs, env, switches, bool(gate_widened))
+        runs, found, capabilities = run_checks(args, checkout.root, venv, logs, env, switches)
     outcome = Outcome(checkout.root, venv, venv_note, logs, libraries, installed_run, runs, found,
-                      tuple(dict.fromkeys(args.only or CHECKS)), args.keyword, gate_widened, repinned,
+                      tuple(dict.fromkeys(args.only or CHECKS)), args.keyword, capabilities, repinned,
                       time.monotonic() - start)
-    return build(outcome, tested)
+    return build(outcome)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """The files of a checkout the compatibility check reads, read without importing the package's heavy parts.
 
-`coz_train/perf/versions.py` is parsed, not imported: its TESTED and SWITCHES literals are what the report
-needs, and importing it here would tie the check's own process to the versions installed next to it.
+`coz_train/perf/capabilities.py` is parsed, not imported: its SWITCHES literal is what the report needs, and
+its checks are run in the scratch venv (`python -m coz_train.perf.capabilities`), on the releases tried, not
+on the versions installed next to the check's own process.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class Checkout:
         return self.root / ".ci" / "constraints.txt"
 
     @property
-    def versions_py(self) -> Path:
-        return self.root / "coz_train" / "perf" / "versions.py"
+    def capabilities_py(self) -> Path:
+        return self.root / "coz_train" / "perf" / "capabilities.py"
 
     @property
     def perf_tests(self) -> Path:
@@ -43,32 +44,26 @@ def find_checkout(given: Path | None) -> Checkout:
     else:
         root = Path.cwd().resolve()
     checkout = Checkout(root)
-    for needed in (checkout.pyproject, checkout.constraints, checkout.versions_py):
+    for needed in (checkout.pyproject, checkout.constraints, checkout.capabilities_py):
         if not needed.is_file():
             raise ValueError(f"{needed} is missing: --checkout must name a coz_train source checkout "
-                             "(with pyproject.toml, .ci/constraints.txt and coz_train/perf/versions.py).")
+                             "(with pyproject.toml, .ci/constraints.txt and coz_train/perf/capabilities.py).")
     return checkout
 
 
-def gate_literals(versions_py: Path) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
-    """(TESTED as {library: (major.minor, ...)}, SWITCHES) from coz_train/perf/versions.py's source."""
-    values: dict[str, object] = {}
-    for node in ast.parse(versions_py.read_text(), filename=str(versions_py)).body:
-        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+def switch_names(capabilities_py: Path) -> tuple[str, ...]:
+    """SWITCHES (the `perf` switch names) from coz_train/perf/capabilities.py's source."""
+    for node in ast.parse(capabilities_py.read_text(), filename=str(capabilities_py)).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                if isinstance(target, ast.Name) and target.id in ("TESTED", "SWITCHES") and node.value is not None:
-                    try:
-                        values[target.id] = ast.literal_eval(node.value)
-                    except ValueError as err:
-                        raise ValueError(f"{versions_py}: {target.id} is not a literal ({err}); the compatibility "
-                                         "check reads it from the source.") from err
-    missing = {"TESTED", "SWITCHES"} - set(values)
-    if missing:
-        raise ValueError(f"{versions_py}: no {' / '.join(sorted(missing))} assignment; the compatibility check reads "
-                         "the tested versions and the switch names from there.")
-    tested_raw, switches = values["TESTED"], values["SWITCHES"]
-    if not isinstance(tested_raw, dict) or not isinstance(switches, (tuple, list)):
-        raise ValueError(f"{versions_py}: TESTED must be a dict and SWITCHES a tuple of names.")
-    tested = {str(name): (value,) if isinstance(value, str) else tuple(value) for name, value in tested_raw.items()}
-    return tested, tuple(switches)
+            if any(isinstance(target, ast.Name) and target.id == "SWITCHES" for target in targets):
+                try:
+                    switches = ast.literal_eval(node.value)
+                except ValueError as err:
+                    raise ValueError(f"{capabilities_py}: SWITCHES is not a literal ({err}); the compatibility check "
+                                     "reads it from the source.") from err
+                if not isinstance(switches, (tuple, list)) or not all(isinstance(s, str) for s in switches):
+                    raise ValueError(f"{capabilities_py}: SWITCHES must be a tuple of switch names.")
+                return tuple(switches)
+    raise ValueError(f"{capabilities_py}: no SWITCHES assignment; the compatibility check reads the switch names "
+                     "from there.")

@@ -1,6 +1,8 @@
-"""The compatibility report: per library its bound and versions, per `perf` switch whether it holds (and from
-which tests), the smoke and bench runs, and either the exact edits that widen the project to the versions
-checked, or what broke and "do not widen". Built as one JSON-ready dict; `render` writes it as text.
+"""The compatibility report: per library its bound and versions, per `perf` switch whether the capability check
+lets it start on the releases tried (its seams) and whether it holds (and from which tests), the smoke and
+bench runs, and either the exact edits that widen the project to the versions checked (pyproject.toml's
+bounds, which admit only the minor versions the suite passed on, and .ci/constraints.txt's pins), or what
+broke and "do not widen". Built as one JSON-ready dict; `render` writes it as text.
 """
 
 from __future__ import annotations
@@ -8,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coz_train.compat.bounds import Bound, minor_of, widened
-from coz_train.compat.checks import TITLES, CheckRun
-from coz_train.compat.verdicts import BREAKS, FAST_PATH, FILE_SUBJECTS, GATE, WITH_TESTED, Verdict, first_line
+from coz_train.compat.bounds import Bound, widened
+from coz_train.compat.checks import CHECKS, TITLES, CheckRun
+from coz_train.compat.verdicts import BREAKS, CAPABILITIES, FAST_PATH, FILE_SUBJECTS, Verdict, first_line
 
 SHOWN = 5  # failing tests shown per switch in the text report
 
@@ -23,7 +25,6 @@ class Library:
     newest_from: str  # "PyPI" | "given"
     installed: str | None
     pinned: str | None  # in .ci/constraints.txt
-    tested: tuple[str, ...] | None  # TESTED entry, None when the gate does not list the library
 
     @property
     def checked_outside_bound(self) -> bool:
@@ -32,8 +33,7 @@ class Library:
     def as_dict(self) -> dict:
         return {"name": self.name, "bound": self.bound.line, "bound_from": self.bound.source, "newest": self.newest,
                 "newest_from": self.newest_from, "newest_inside_bound": self.bound.contains(self.newest),
-                "installed": self.installed, "pinned": self.pinned,
-                "tested_minors": None if self.tested is None else list(self.tested)}
+                "installed": self.installed, "pinned": self.pinned}
 
 
 @dataclass
@@ -50,9 +50,24 @@ class Outcome:
     verdicts: list[Verdict] | None  # None: the perf tests did not run (or left no junit XML)
     selected: tuple[str, ...]
     keyword: str | None
-    gate_widened: dict[str, str] = field(default_factory=dict)  # {library: minor added in the checks' processes}
+    capabilities: dict | None = None  # the capability check's JSON ({"versions", "seams"}); None: it did not run
     repinned: dict[str, str] = field(default_factory=dict)  # --unpin: {package: version pip picked}
     seconds: float = 0.0
+
+
+def capability_switches(capabilities: dict | None) -> list[dict] | None:
+    """Per switch, from the capability check's seams: `holds` or `changed`, the seams it needs, what changed."""
+    if capabilities is None:
+        return None
+    by_switch: dict[str, dict] = {}
+    for seam in capabilities.get("seams", []):
+        for switch in seam["switches"]:
+            entry = by_switch.setdefault(switch, {"switch": switch, "status": "holds", "seams": [], "changed": []})
+            entry["seams"].append(seam["name"])
+            if not seam["holds"]:
+                entry["status"] = "changed"
+                entry["changed"].append({"seam": seam["name"], "why": seam["why"]})
+    return list(by_switch.values())
 
 
 def problems(out: Outcome) -> list[str]:
@@ -67,12 +82,17 @@ def problems(out: Outcome) -> list[str]:
     for run in out.runs:
         if run.name == "perf-tests" and out.verdicts is not None and run.returncode in (0, 1):
             continue  # judged per switch below
+        if run.name == "capabilities" and out.capabilities is not None and run.returncode in (0, 1):
+            continue  # judged per switch below
         if run.name == "perf-tests" and run.returncode == 5:
             found.append(f"no perf test ran (pytest collected none{' for -k ' + out.keyword if out.keyword else ''}); "
                          f"see {run.log}")
         elif not run.passed:
             why = "timed out" if run.timed_out else f"exit {run.returncode}"
             found.append(f"{TITLES[run.name]} failed ({why}); see {run.log}")
+    for entry in capability_switches(out.capabilities) or []:
+        found += [f"perf.{entry['switch']}: the capability check refuses it: seam '{c['seam']}' changed ({c['why']})"
+                  for c in entry["changed"]]
     for verdict in out.verdicts or []:
         if verdict.status == BREAKS:
             tests = ", ".join(c.nodeid for c in verdict.failed[:3])
@@ -87,10 +107,10 @@ def problems(out: Outcome) -> list[str]:
 
 
 def label(subject: str) -> str:
-    return subject if subject in (FAST_PATH, GATE) else f"perf.{subject}"
+    return subject if subject in (FAST_PATH, CAPABILITIES) else f"perf.{subject}"
 
 
-def edits(out: Outcome, tested_literal: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+def edits(out: Outcome) -> dict[str, list[str]]:
     """The exact lines that widen the project to the versions checked, per file (empty lists: nothing to do)."""
     pyproject, other = [], []
     for lib in out.libraries:
@@ -99,42 +119,18 @@ def edits(out: Outcome, tested_literal: dict[str, tuple[str, ...]]) -> dict[str,
                 pyproject.append(f'"{widened(lib.bound.line, lib.installed)}",')
             except ValueError as err:
                 other.append(f"pyproject.toml: {err}")
-    tested = {name: tuple(minors) for name, minors in tested_literal.items()}
-    for lib in out.libraries:
-        if lib.name in tested and lib.installed and minor_of(lib.installed) not in tested[lib.name]:
-            tested[lib.name] = (*tested[lib.name], minor_of(lib.installed))
-    versions_py = [tested_line(tested)] if tested != tested_literal else []
     constraints = [f"{lib.name}=={lib.installed}" for lib in out.libraries if lib.installed and lib.pinned != lib.installed]
     constraints += [f"{name}=={version}" for name, version in out.repinned.items()]
-    for verdict in out.verdicts or []:
-        if verdict.subject == GATE and verdict.status == WITH_TESTED:
-            other += [f"{c.nodeid} failed with TESTED widened in memory only ({first_line(c.message, 120)}): it "
-                      "checks the version bookkeeping; update what it names and run it after the edits"
-                      for c in verdict.failed]
-    return {"pyproject.toml": pyproject, "coz_train/perf/versions.py": versions_py, ".ci/constraints.txt": constraints,
-            "other": other}
+    return {"pyproject.toml": pyproject, ".ci/constraints.txt": constraints, "other": other}
 
 
-def tested_line(tested: dict[str, tuple[str, ...]]) -> str:
-    """TESTED as coz_train/perf/versions.py writes it: {"transformers": ("5.24", "5.25"), "trl": ("1.16",)}."""
-    def literal(minors: tuple[str, ...]) -> str:
-        inner = ", ".join(f'"{m}"' for m in minors)
-        return f"({inner},)" if len(minors) == 1 else f"({inner})"
-
-    return "TESTED = {" + ", ".join(f'"{name}": {literal(minors)}' for name, minors in tested.items()) + "}"
-
-
-def build(out: Outcome, tested_literal: dict[str, tuple[str, ...]]) -> dict:
+def build(out: Outcome) -> dict:
     """The report as a JSON-ready dict; `holds` says whether everything checked holds."""
     found = problems(out)
-    partial = set(out.selected) != {"perf-tests", "smoke-plain", "smoke-fast", "bench"} or bool(out.keyword)
+    partial = set(out.selected) != set(CHECKS) or bool(out.keyword)
     notes = [f"{lib.name}: the checks ran on {lib.installed}, not on {lib.newest} "
              f"({'given' if lib.newest_from == 'given' else 'the newest release'}); the edits are for {lib.installed}"
              for lib in out.libraries if lib.installed and lib.installed != lib.newest]
-    if out.gate_widened:
-        added = ", ".join(f"{name} {m}" for name, m in out.gate_widened.items())
-        notes.append(f"the checks ran with TESTED widened in their own processes ({added}): the edit proposed for "
-                     "coz_train/perf/versions.py, applied in memory; nothing on disk changed")
     if partial:
         notes.append(f"a partial run (--only {' '.join(out.selected)}{' -k ' + out.keyword if out.keyword else ''}): "
                      "run the whole check before making the edits")
@@ -142,10 +138,11 @@ def build(out: Outcome, tested_literal: dict[str, tuple[str, ...]]) -> dict:
             "checkout": str(out.checkout), "venv": str(out.venv), "venv_note": out.venv_note, "logs": str(out.logs),
             "libraries": [lib.as_dict() for lib in out.libraries],
             "install": None if out.install is None else run_dict(out.install),
+            "capabilities": capability_switches(out.capabilities),
             "switches": None if out.verdicts is None else [v.as_dict() for v in out.verdicts],
             "runs": [run_dict(run) for run in out.runs],
             "problems": found, "notes": notes,
-            "edits": edits(out, tested_literal) if not found else None}
+            "edits": edits(out) if not found else None}
 
 
 def run_dict(run: CheckRun) -> dict:
@@ -170,6 +167,15 @@ def render(report: dict) -> str:
     if report["install"]:
         lines += ["", f"Install: {report['install']['status']} ({report['install']['seconds']:.0f} s), "
                       f"log {report['install']['log']}"]
+    if report["capabilities"] is not None:
+        lines += ["", "Capability check (coz_train/perf/capabilities.py: what each switch needs of the libraries):"]
+        width = max((len(f"perf.{c['switch']}") for c in report["capabilities"]), default=0) + 2
+        for entry in report["capabilities"]:
+            name = f"perf.{entry['switch']}"
+            if entry["status"] == "holds":
+                lines.append(f"  {name:<{width}}holds    {', '.join(entry['seams'])}")
+            else:
+                lines += [f"  {name:<{width}}CHANGED  seam '{c['seam']}': {c['why']}" for c in entry["changed"]]
     if report["switches"] is not None:
         lines += ["", "perf switches (tests/perf; each verdict from the tests named):"]
         width = max(len(label(v["subject"])) for v in report["switches"]) + 2
@@ -197,8 +203,8 @@ def switch_lines(verdict: dict, width: int) -> list[str]:
     counts = f"{len(verdict['passed'])} passed"
     if verdict["failed"]:
         counts += f", {len(verdict['failed'])} failed"
-    if verdict["refused_by_gate"]:
-        counts += f", {len(verdict['refused_by_gate'])} refused by the gate"
+    if verdict["refused_by_capability_check"]:
+        counts += f", {len(verdict['refused_by_capability_check'])} refused by the capability check"
     if verdict["skipped"]:
         counts += f", {len(verdict['skipped'])} skipped"
     source = ", ".join(Path(f).name for f in verdict["tests_from"]) or "-"
@@ -206,19 +212,18 @@ def switch_lines(verdict: dict, width: int) -> list[str]:
     lines += [f"      FAILED {f['test']}: {f['message']}" for f in verdict["failed"][:SHOWN]]
     if len(verdict["failed"]) > SHOWN:
         lines.append(f"      ... and {len(verdict['failed']) - SHOWN} more (the JSON report and the log list them all)")
-    lines += [f"      refused by the version gate: {t}" for t in verdict["refused_by_gate"]]
+    lines += [f"      refused by the capability check: {t}" for t in verdict["refused_by_capability_check"]]
     own = {f"test_{verdict['subject']}"} | {stem for stem, s in FILE_SUBJECTS.items() if s == verdict["subject"]}
-    if verdict["subject"] not in (FAST_PATH, GATE):
+    if verdict["subject"] not in (FAST_PATH, CAPABILITIES):
         lines += [f"      from {t}" for t in verdict["passed"] if Path(t.split("::")[0]).stem not in own][:4]
     return lines
 
 
 def edit_lines(found: dict[str, list[str]]) -> list[str]:
     if not any(found.values()):
-        return ["Nothing to widen: the bounds, TESTED and .ci/constraints.txt already hold the versions checked."]
+        return ["Nothing to widen: the bounds and .ci/constraints.txt already hold the versions checked."]
     lines = ["Edits that widen the project to the versions checked:"]
     where = {"pyproject.toml": "pyproject.toml [project] dependencies (replace the library's line)",
-             "coz_train/perf/versions.py": "coz_train/perf/versions.py",
              ".ci/constraints.txt": ".ci/constraints.txt (replace the library's line)", "other": "also"}
     for key, title in where.items():
         if found.get(key):

@@ -3,8 +3,9 @@
 A test belongs to a switch by its file (`tests/perf/test_group_prefix.py` -> group_prefix; test_merge.py ->
 merge_adapters_for_generation), and in the files shared by several switches (test_trainer_perf.py,
 test_fast_path.py) by a switch named in the test's name (`test_group_shuffle_...` -> group_batches). Tests
-that name no switch check the fast path as a whole (all switches together); test_versions.py checks the
-version gate itself. A failure that is the version gate's refusal is not a break: the switch was not tried.
+that name no switch check the fast path as a whole (all switches together); test_capabilities.py checks the
+capability check itself. A failure that is the capability check's refusal (a seam the switch needs changed in
+the releases tried) is not a test of the switch: it was not tried, and it does not start there.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FAST_PATH = "fast path (all switches together)"
-GATE = "version gate (coz_train/perf/versions.py)"
-FILE_SUBJECTS = {"test_merge": "merge_adapters_for_generation", "test_versions": GATE}
+CAPABILITIES = "capability check (coz_train/perf/capabilities.py)"
+FILE_SUBJECTS = {"test_merge": "merge_adapters_for_generation", "test_capabilities": CAPABILITIES}
 NAME_HINTS = {"group_shuffle": "group_batches", "merged_adapters": "merge_adapters_for_generation"}
 
 HOLDS, BREAKS, NOT_RUN = "holds", "breaks", "not run"
 NO_TEST = "no test ran"  # not run in a run of the whole folder: nothing says it holds
-REFUSED = "not verified: refused by the version gate"
-WITH_TESTED = "after the edits"  # the gate's tests check the version bookkeeping the edits change
+REFUSED = "not verified: refused by the capability check"
+REFUSAL = "need library internals that changed in this environment"  # coz_train/perf/capabilities.py's error
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class Case:
         return self.nodeid.split("::")[-1].split("[")[0]
 
     @property
-    def gate_refusal(self) -> bool:
-        """The failure is coz_train/perf/versions.py refusing an untested version."""
-        return "perf.allow_untested_versions=true" in self.message and "this environment has" in self.message
+    def capability_refusal(self) -> bool:
+        """The failure is coz_train/perf/capabilities.py refusing a switch whose seam changed."""
+        return REFUSAL in self.message and "seam '" in self.message
 
 
 def read_junit(path: Path) -> list[Case]:
@@ -79,7 +80,7 @@ def subject_of(case: Case, switches: tuple[str, ...]) -> str:
     for switch in switches:
         if stem == f"test_{switch}":
             return switch
-    if FILE_SUBJECTS.get(stem) in (*switches, GATE):
+    if FILE_SUBJECTS.get(stem) in (*switches, CAPABILITIES):
         return FILE_SUBJECTS[stem]
     for switch in sorted(switches, key=len, reverse=True):
         if switch in case.name:
@@ -113,7 +114,7 @@ class Verdict:
         return {"subject": self.subject, "status": self.status, "tests_from": self.tests_from,
                 "passed": self.passed, "skipped": self.skipped,
                 "failed": [{"test": c.nodeid, "message": first_line(c.message)} for c in self.failed],
-                "refused_by_gate": [c.nodeid for c in self.refused]}
+                "refused_by_capability_check": [c.nodeid for c in self.refused]}
 
 
 def first_line(text: str, limit: int = 200) -> str:
@@ -121,29 +122,24 @@ def first_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def verdicts(cases: list[Case], switches: tuple[str, ...], *, complete: bool, gate_widened: bool) -> list[Verdict]:
-    """One verdict per switch, then the fast path as a whole and the version gate.
+def verdicts(cases: list[Case], switches: tuple[str, ...], *, complete: bool) -> list[Verdict]:
+    """One verdict per switch, then the fast path as a whole and the capability check.
 
     `complete`: the whole folder ran (no -k), so a switch no test covered is a gap, not a choice.
-    `gate_widened`: TESTED was widened in the tests' process only. The gate's own tests check the version
-    bookkeeping (TESTED against pyproject.toml's bounds, the refusal message naming the tested versions), which
-    the edits change: their failures then say to run them after the edits, not that a library broke.
     """
-    by_subject = {name: Verdict(name) for name in (*switches, FAST_PATH, GATE)}
+    by_subject = {name: Verdict(name) for name in (*switches, FAST_PATH, CAPABILITIES)}
     for case in cases:
         verdict = by_subject[subject_of(case, switches)]
         if case.outcome == "passed":
             verdict.passed.append(case.nodeid)
         elif case.outcome == "skipped":
             verdict.skipped.append(case.nodeid)
-        elif verdict.subject != GATE and case.gate_refusal:
+        elif verdict.subject != CAPABILITIES and case.capability_refusal:
             verdict.refused.append(case)
         else:
             verdict.failed.append(case)
     for verdict in by_subject.values():
-        if verdict.failed and verdict.subject == GATE and gate_widened:
-            verdict.status = WITH_TESTED
-        elif verdict.failed:
+        if verdict.failed:
             verdict.status = BREAKS
         elif verdict.refused:
             verdict.status = REFUSED

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coz_train.compat.bounds import LIBRARIES
-from coz_train.compat.project import find_checkout
+from coz_train.compat.project import find_checkout, switch_names
 from coz_train.compat.verdicts import FAST_PATH
 
 CHECKOUT = find_checkout(None).root
@@ -27,18 +27,24 @@ def installed() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in LIBRARIES]
 
 
-def test_one_perf_test_in_the_running_environment(tmp_path):
-    done = compat("--venv", sys.prefix, "--no-install", "--only", "perf-tests", "-k", QUICK_TEST,
+def test_the_capability_check_and_one_perf_test_in_the_running_environment(tmp_path):
+    done = compat("--venv", sys.prefix, "--no-install", "--only", "capabilities", "perf-tests", "-k", QUICK_TEST,
                   "--versions", *installed(), "--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "report.json"))
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["holds"] and report["partial"] and report["venv_note"] == "used as it is, --no-install"
     assert [lib["name"] for lib in report["libraries"]] == list(LIBRARIES)
     assert all(lib["installed"] == lib["newest"] and lib["newest_from"] == "given" for lib in report["libraries"])
-    (run,) = report["runs"]
+    capabilities, run = report["runs"]
+    assert capabilities["name"] == "capabilities" and capabilities["status"] == "pass"
+    assert capabilities["commands"] == [[sys.executable, "-m", "coz_train.perf.capabilities",
+                                         f"--json={tmp_path / 'logs' / 'capabilities.json'}"]]
+    assert {c["status"] for c in report["capabilities"]} == {"holds"}
+    assert {c["switch"] for c in report["capabilities"]} == set(switch_names(CHECKOUT / "coz_train/perf/capabilities.py"))
+    assert "perf.group_prefix" in done.stdout and "backbone forward(cache=)" in done.stdout
     assert run["name"] == "perf-tests" and run["status"] == "pass" and Path(run["junit"]).is_file()
     (command,) = run["commands"]
-    assert command[command.index("-p") + 1] == "coz_train.compat.gate" and "--continue-on-collection-errors" in command
+    assert "--continue-on-collection-errors" in command and "-k" in command
     fast_path = next(v for v in report["switches"] if v["subject"] == FAST_PATH)
     assert fast_path["status"] == "holds"
     assert fast_path["passed"] == [f"tests/perf/test_replacement.py::{QUICK_TEST}"]
