@@ -27,7 +27,7 @@ from typing import Any
 SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
             "group_batches", "critic_prefix", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 LIBRARIES = ("transformers", "trl", "peft", "torch")  # named with their versions in the error
-INSTALL_TESTED = "pip install -c .ci/constraints.txt -e ."
+PINNED_INSTALL = "pip install -c .ci/constraints.txt -e ."
 BACKBONES = ("Qwen2_5_VLModel", "Qwen2VLModel")  # the Qwen-VL language backbones the prefix switches run
 GENERATORS = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
 PREFIX = ("group_prefix", "critic_prefix", "rollout_prefix")  # the shared-prefix switches (coz_train/perf/prefix.py)
@@ -290,7 +290,7 @@ def check_capabilities(perf: Mapping[str, Any] | Any) -> None:
     raise RuntimeError(
         f"{', '.join(f'perf.{name}' for name in switches)} need library internals that changed in this environment "
         f"({versions}):\n{seams}.\nSet {', '.join(f'perf.{name}=false' for name in switches)}, or install the "
-        f"tested versions with {INSTALL_TESTED} (python -m coz_train.perf.capabilities lists every seam).")
+        f"tested versions with {PINNED_INSTALL} (python -m coz_train.perf.capabilities lists every seam).")
 
 
 def render(report: list[SeamStatus]) -> str:
