@@ -12,7 +12,7 @@ on all its pixels before the stored embedding is used. Embeddings are kept acros
 steps up to `max_images` (least recently used dropped first).
 
 With pixel handles (`perf.pixel_handles`: `pixel_source` set to the processor's `CachedImageProcessor` in
-handle mode) the `pixel_values` it gets are an int64 [rows, 1] handle per row (see `coz_train.perf.image_cache`):
+handle mode) the `pixel_values` it gets are `PixelHandles`, one handle per pixel row (see `coz_train.perf.image_cache`):
 an image's key is its handle, which names one stored, preprocessed image, and a miss runs the tower on the
 pixels the source holds for it. Nothing is compared pixel by pixel, and no pixel rows reach the device but
 those of the images the tower runs on.

@@ -12,6 +12,7 @@ from trl.trainer.utils import shuffle_sequence_dict
 import coz_train.train as train_module
 from coz_train.perf import group_prefix, merge, trl_seams
 from coz_train.perf.group_batches import group_runs, group_shuffle
+from coz_train.perf.image_cache import CachedImageProcessor
 from coz_train.perf.merge import merged_adapters
 from coz_train.perf.prefix import unwrap
 from coz_train.train import build_trainer, train
@@ -236,7 +237,7 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
     # after the run, train() took the fast path off: TRL's own objects are back, every model switch off
     for trainer in (fast_trainer, compiled_trainer):
         assert trainer.fast_path is None and trainer.generation_config.disable_compile
-        assert type(trainer.processing_class.__dict__["image_processor"]).__name__ != "CachedImageProcessor"
+        assert not isinstance(trainer.processing_class.__dict__["image_processor"], CachedImageProcessor)
         policy = unwrap(trainer.model)
         assert policy.rollout_prefix is None and not policy.merge_adapters_for_generation
         assert not policy.compiled_decode and policy.model.shared_prompt is None and policy.model.vision_cache is None
