@@ -26,16 +26,18 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # coz_train from this checkou
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export COZ_TRAIN_CACHE=${COZ_TRAIN_CACHE:-$RUN/cache}  # the random models are built here once (~24 GB at real)
 
-# seconds: every import the bench needs and the versions the perf switches were tested with, before any build
+# seconds: every import the bench needs and the seams the perf switches use (coz_train.perf.capabilities), before any build
 "$PYTHON" - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import platform, torch, transformers, trl, peft, datasets, hydra
-from coz_train.perf.versions import untested_versions
+from coz_train.perf.capabilities import seam_report
 import coz_train.bench.run  # noqa: F401
 print("python", platform.python_version(), "torch", torch.__version__, "transformers", transformers.__version__,
       "trl", trl.__version__, "peft", peft.__version__, "datasets", datasets.__version__)
 print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "cpus", __import__("os").cpu_count())
-if untested_versions():
-    raise SystemExit(f"untested versions {untested_versions()}: run scripts/gpu_wheels.sh and carry .whl")
+changed = [f"{s.name}: {s.why}" for s in seam_report() if not s.holds]
+if changed:
+    raise SystemExit("perf seams changed in this environment: " + "; ".join(changed)
+                     + " (run scripts/gpu_wheels.sh and carry .whl)")
 PY
 
 set +e
