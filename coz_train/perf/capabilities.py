@@ -168,6 +168,16 @@ def fused_lm_head_backbone() -> None:
     mentions("trl.trainer.utils.add_fused_lm_head", head, '"base_model"', "getattr(self, ")
 
 
+def trl_rollouts_generate() -> None:
+    """TRL's rollouts outside vLLM call the policy's own `generate` (the seam of the generation-side switches), and
+    its log-prob pass calls the model with the fused head (the seam of `group_prefix`)."""
+    import trl.trainer.grpo_trainer as grpo
+
+    mentions("GRPOTrainer._generate_single_turn", grpo.GRPOTrainer._generate_single_turn, "unwrapped_model.generate(")
+    mentions("GRPOTrainer._get_per_token_logps_and_entropies", grpo.GRPOTrainer._get_per_token_logps_and_entropies,
+             "fused_lm_head=True")
+
+
 def image_features() -> None:
     """The vision cache replaces the backbone's `get_image_features(pixel_values, image_grid_thw, **kwargs)`,
     whose output's `pooler_output` holds the per-image features, and the backbone's forward calls it."""
@@ -236,6 +246,8 @@ SEAMS = (
     Seam("generate(cache=)", ("rollout_prefix",), generate_cache_keyword),
     Seam("generate reads rope_deltas", ("rollout_prefix",), generate_rope_deltas),
     Seam("TRL fused LM head -> backbone", ("group_prefix",), fused_lm_head_backbone),
+    Seam("TRL rollouts -> model.generate, log-probs -> fused head",
+         ("group_prefix", "rollout_prefix", "merge_adapters_for_generation", "compiled_decode"), trl_rollouts_generate),
     Seam("backbone get_image_features", ("vision_cache", "pixel_handles"), image_features),
     Seam("Qwen2.5-VL processor parts", ("image_cache", "text_cache", "pixel_handles"), processor_parts),
     Seam("TRL shuffle_sequence_dict", ("group_batches",), row_shuffle),

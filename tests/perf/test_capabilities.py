@@ -103,6 +103,10 @@ def fused_head_through_model(model, temperature=1.0):
     return forward
 
 
+def rollouts_in_batches(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    return self.model.generate_batch(prompt_ids)
+
+
 def prepare_inputs_in_order(self, generation_batch):
     return generation_batch
 
@@ -142,6 +146,9 @@ CHANGES = {  # seam: (change the library, switch, what the error says)
                                    "rollout_prefix", r"no longer reads `self.model.rope_deltas`"),
     "TRL fused LM head -> backbone": (lambda mp: mp.setattr(trl_utils, "add_fused_lm_head", fused_head_through_model),
                                       "group_prefix", r"add_fused_lm_head no longer contains `\"base_model\"`"),
+    "TRL rollouts -> model.generate, log-probs -> fused head": (
+        lambda mp: mp.setattr(GRPOTrainer, "_generate_single_turn", rollouts_in_batches), "rollout_prefix",
+        r"_generate_single_turn no longer contains `unwrapped_model.generate\(`"),
     "backbone get_image_features": (lambda mp: mp.setattr(transformers, "Qwen2_5_VLModel", BackboneEncodingInline),
                                     "vision_cache", r"BackboneEncodingInline.forward no longer contains "
                                                     r"`self.get_image_features\(`, `pooler_output`"),
