@@ -175,6 +175,7 @@ def step_setting(trainer: Any, cfg: DictConfig, stand_in: bool) -> dict:
                 ablate=list(cfg.bench.ablate),
                 prompts=prompts, generations=trainer.num_generations, max_completion_length=args.max_completion_length,
                 process_size=cfg.data.process_size, max_pixels=cfg.policy.max_pixels, bf16=bool(args.bf16),
+                lora_dropout=float(cfg.policy.lora.lora_dropout) if cfg.policy.get("lora") else 0.0,
                 gradient_checkpointing=bool(args.gradient_checkpointing), critic_scoring=cfg.critic.scoring,
                 dataset_rows=len(trainer.train_dataset), torch_threads=torch.get_num_threads())
 

@@ -231,3 +231,14 @@ def test_a_failed_step_path_is_reported_and_fails_the_command():
     text = step_table(step, "real")
     assert "FAILED fast_compiled: OutOfMemoryError" in text
     assert failures(dict(phases={}, step=step)) == ["step/fast_compiled"]
+
+
+def test_differing_step_rewards_are_explained_when_lora_dropout_parts_the_random_draws():
+    from coz_train.bench.report import reward_notes
+
+    paths = {"plain": {"rewards": [1.0, 0.5]}, "fast": {"rewards": [1.0, 0.5]}, "other": {"rewards": [1.01, 0.5]}}
+    notes = reward_notes(paths, ["plain", "fast", "other"], lora_dropout=0.05)
+    assert notes[0] == "fast: step rewards equal to plain's (max |diff| 0)"
+    assert notes[1].startswith("other: step rewards differ from plain's (max |diff| 0.01): expected with "
+                               "policy.lora.lora_dropout=0.05")
+    assert "expected" not in reward_notes(paths, ["plain", "other"], lora_dropout=0.0)[0]  # a difference to look into
