@@ -36,13 +36,14 @@ A copy or pickle of the wrapper is a new wrapper, its cache empty, of a copy of 
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import weakref
 from collections import OrderedDict
 from typing import Any
 
 import torch
+
+from coz_train.perf.wrapper_class import unwrapped, wrapper_class
 
 SERVED_KEYS = {"pixel_values", "image_grid_thw"}
 
@@ -106,15 +107,13 @@ class PixelHandles(torch.Tensor):
         return out
 
 
-@functools.cache
 def _cached_class(kind: type) -> type:
     """`Cached<kind>`: the image processor class `kind` with the cache in front of its `__call__`, one per class."""
-    name = f"Cached{kind.__name__}"
-    return type(name, (CachedImageProcessor, kind), {"__slots__": (), "__module__": __name__, "__qualname__": name})
+    return wrapper_class("Cached", CachedImageProcessor, kind)
 
 
 def _unwrapped(image_processor: Any) -> Any:
-    return image_processor._wrapped if isinstance(image_processor, CachedImageProcessor) else image_processor
+    return unwrapped(image_processor, CachedImageProcessor)
 
 
 class CachedImageProcessor:

@@ -21,23 +21,22 @@ tokenizer.
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any
 
 import torch
 
+from coz_train.perf.wrapper_class import unwrapped, wrapper_class
+
 _UNSERVED = ("text_pair", "text_target", "text_pair_target", "return_overflowing_tokens", "return_offsets_mapping")
 
 
-@functools.cache
 def _dedup_class(kind: type) -> type:
     """`Dedup<kind>`: the tokenizer class `kind` with the deduplication in front of its `__call__`, one per class."""
-    name = f"Dedup{kind.__name__}"
-    return type(name, (DedupTokenizer, kind), {"__slots__": (), "__module__": __name__, "__qualname__": name})
+    return wrapper_class("Dedup", DedupTokenizer, kind)
 
 
 def _unwrapped(tokenizer: Any) -> Any:
-    return tokenizer._wrapped if isinstance(tokenizer, DedupTokenizer) else tokenizer
+    return unwrapped(tokenizer, DedupTokenizer)
 
 
 class DedupTokenizer:
