@@ -24,7 +24,13 @@ class HFCritic:
     `shared_prefix` (`perf.critic_prefix`, Qwen2-VL / Qwen2.5-VL critics): conversations with the same
     images run their common prefix once and only their own suffixes on top (`coz_train.perf.critic_prefix`);
     same scores as the plain path within float rounding.
+
+    `encoder` (`perf.text_cache`): a `templated.TemplatedEncoder` encoding each batch with its shared heads
+    (template, images, image tokens) processed once; the processor's own encoding, bit for bit. None: the
+    processor's chat template encodes every row whole.
     """
+
+    encoder: Any = None
 
     def __init__(self, cfg: DictConfig, device: torch.device, shared_prefix: bool = False):
         path = resolve_model(cfg.name_or_path, "critic.name_or_path", cfg.revision)
@@ -75,6 +81,8 @@ class HFCritic:
         return [{"role": "user", "content": [*parts, {"type": "text", "text": instruction_text(self.cfg, text)}]}]
 
     def encode(self, conversations: list[list[dict]]) -> Any:
+        if self.encoder is not None:
+            return self.encoder(conversations).to(self.device)
         return encode_chats(self.processor, conversations).to(self.device)
 
     @torch.no_grad()
