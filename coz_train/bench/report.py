@@ -107,6 +107,9 @@ def step_table(step: dict, size: str) -> str:
     lines.append(["speed-up", "1.00", *[_fmt(paths[names[0]]["s"] / paths[n]["s"], ".2f") for n in names[1:]],
                   "", *["" for _ in names[1:]]])
     lines.append(["cpu share", *[_fmt(paths[n]["cpu_s"]) for n in names], "", *["" for _ in names[1:]]])
+    lines.append(["cpu share, CPU time", *[_fmt(paths[n].get("cpu_process_s")) for n in names], "",
+                  *["" for _ in names[1:]]])
+    lines.append(["gc s (mean)", *[_fmt(paths[n].get("gc_mean_s")) for n in names], "", *["" for _ in names[1:]]])
     lines.append(["in models", *[_fmt(paths[n]["model_s"]) for n in names], "", *["" for _ in names[1:]]])
     lines.append(["peak GB", *[_fmt(paths[n]["peak_GB"], ".1f") for n in names], "", *["" for _ in names[1:]]])
     lines.append(["first step s", *[_fmt(paths[n]["first_step_s"]) for n in names], "", *["" for _ in names[1:]]])
@@ -124,6 +127,10 @@ def step_table(step: dict, size: str) -> str:
     for name in names:
         cpu = paths[name].get("cpu_phases") or {}
         notes.append(f"{name}: cpu share by phase: " + ", ".join(f"{p} {v:.3f}" for p, v in cpu.items()))
+        cpu = paths[name].get("cpu_process_phases")
+        if cpu:
+            notes.append(f"{name}: cpu share by phase, CPU time: " + ", ".join(f"{p} {v:.3f}" for p, v in cpu.items())
+                         + f"; {paths[name].get('gc_full', 0)} full garbage collections in the timed steps")
     config = step["config"]
     setting = (f"{config['prompts']} prompts x {config['generations']} completions of up to "
                f"{config['max_completion_length']} tokens, policy {config['policy']}, critic {config['critic']}"

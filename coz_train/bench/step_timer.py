@@ -25,10 +25,18 @@ critic's model calls (forward hooks on its modules), and the logps, train and op
 rest of the step, `cpu_s`, is the CPU-side work that does not wait on the device: loading and preprocessing,
 batching, hashing, reward text handling, logging (`cpu_phases`: where it falls, the rollout and rewards
 phases counted outside the models).
+
+Each clock is kept twice: in wall time (`time.perf_counter`: `s`, `phases`, `cpu_s`, `cpu_phases`) and in the
+process's CPU time (`time.process_time`: `cpu_time_s`, the CPU share `cpu_process_s` and `cpu_process_phases`),
+which on a CPU is what the work itself costs, whatever else runs on the machine (a loaded machine stretches
+the wall clock, not the CPU clock). Python's garbage collector runs inside whatever phase allocates when a
+collection is due; its time is also recorded apart (`gc_s`, `gc_collections`, and `gc_full`: the full
+collections, which walk every object the process holds).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import statistics
 import time
@@ -73,6 +81,7 @@ class StepTimer(TrainerCallback):
         self.steps: list[dict] = []
         self._stack: list[str] = []
         self._depth = 0
+        self._gc_start = 0.0
         self._reset(time.perf_counter())
 
     # -- installing --------------------------------------------------------------------------------------------
@@ -91,6 +100,7 @@ class StepTimer(TrainerCallback):
                 self.hooks.append(module.register_forward_pre_hook(lambda *_: self._model_enter()))
                 self.hooks.append(module.register_forward_hook(lambda *_: self._model_exit("critic"), always_call=True))
         trainer.add_callback(self)
+        gc.callbacks.append(self._on_gc)
         self.trainer = trainer
         log.info("step timer installed: %s; forward hooks on %d critic modules",
                  ", ".join(f"{c.target} ({c.reason.removeprefix('step timer: ')})" for c in self.changes),
@@ -104,6 +114,8 @@ class StepTimer(TrainerCallback):
             hook.remove()
         if self.trainer is not None:
             self.trainer.remove_callback(self)
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         self.changes, self.hooks, self.trainer = [], [], None
 
     def _replace(self, owner: Any, name: str, value: Any, reason: str) -> None:
@@ -113,17 +125,30 @@ class StepTimer(TrainerCallback):
 
     def _reset(self, now: float) -> None:
         self.start = self.mark = now
+        self.cpu_start = self.cpu_mark = time.process_time()
         self.phases = dict.fromkeys(PHASES, 0.0)
+        self.cpu_time = dict.fromkeys(PHASES, 0.0)
         self.model = {"rollout": 0.0, "critic": 0.0}
+        self.model_cpu = {"rollout": 0.0, "critic": 0.0}
+        self.gc = {"s": 0.0, "collections": 0, "full": 0}
         self.work: dict[str, Any] = {}
 
     def _charge(self) -> float:
         self.sync()
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self._stack:
             self.phases[self._stack[-1]] += now - self.mark
-        self.mark = now
+            self.cpu_time[self._stack[-1]] += cpu - self.cpu_mark
+        self.mark, self.cpu_mark = now, cpu
         return now
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        self.gc["s"] += time.perf_counter() - self._gc_start
+        self.gc["collections"] += 1
+        self.gc["full"] += int(info.get("generation") == 2)
 
     def enter(self, phase: str) -> None:
         self._charge()
@@ -165,7 +190,7 @@ class StepTimer(TrainerCallback):
     def _model_enter(self) -> None:
         if self._depth == 0:
             self.sync()
-            self._model_start = time.perf_counter()
+            self._model_start, self._model_cpu_start = time.perf_counter(), time.process_time()
         self._depth += 1
 
     def _model_exit(self, kind: str) -> None:
@@ -173,6 +198,7 @@ class StepTimer(TrainerCallback):
         if self._depth == 0:
             self.sync()
             self.model[kind] += time.perf_counter() - self._model_start
+            self.model_cpu[kind] += time.process_time() - self._model_cpu_start
 
     def _model_call(self, method: Callable, kind: str) -> Callable:
         def model_call(*args: Any, **kwargs: Any) -> Any:
@@ -199,21 +225,32 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         now = self._charge()
-        total = now - self.start
-        self.phases["other"] = max(0.0, total - sum(v for k, v in self.phases.items() if k != "other"))
-        model = sum(self.model.values()) + sum(self.phases[k] for k in MODEL_PHASES)
-        cpu = {p: v for p, v in self.phases.items() if p not in MODEL_PHASES}
-        cpu["rollout"] -= self.model["rollout"]
-        cpu["rewards"] -= self.model["critic"]
+        total, total_cpu = now - self.start, self.cpu_mark - self.cpu_start
+        model, cpu = outside_models(total, self.phases, self.model)
+        model_cpu, cpu_process = outside_models(total_cpu, self.cpu_time, self.model_cpu)
         self.steps.append(dict(step=state.global_step, s=total, phases=dict(self.phases), model_s=model,
                                rollout_model_s=self.model["rollout"], critic_model_s=self.model["critic"],
-                               cpu_s=total - model, cpu_phases=cpu, peak_GB=self.peak_memory(), work=self.work))
+                               cpu_s=total - model, cpu_phases=cpu, cpu_time_s=total_cpu,
+                               cpu_process_s=total_cpu - model_cpu, cpu_process_phases=cpu_process,
+                               gc_s=self.gc["s"], gc_collections=self.gc["collections"], gc_full=self.gc["full"],
+                               peak_GB=self.peak_memory(), work=self.work))
         self._reset(now)
 
 
+def outside_models(total: float, phases: dict[str, float], model: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """One clock's step: (its time in the models, each phase's time outside them); `phases` gets its "other"
+    (the step's time outside every timed method)."""
+    phases["other"] = max(0.0, total - sum(v for k, v in phases.items() if k != "other"))
+    outside = {p: v for p, v in phases.items() if p not in MODEL_PHASES}
+    outside["rollout"] -= model["rollout"]
+    outside["rewards"] -= model["critic"]
+    return sum(model.values()) + sum(phases[k] for k in MODEL_PHASES), outside
+
+
 def summary(steps: list[dict], warmup: int) -> dict:
-    """Medians over the steps after `warmup`: the step, each phase, the model clock and the CPU share; the
-    largest peak memory; the first step apart (it holds one-time work: compilation, caches filling)."""
+    """Medians over the steps after `warmup`: the step, each phase, the model clock and the CPU share (wall and
+    CPU time); the garbage collector's mean time per step and its full collections, summed; the largest peak
+    memory; the first step apart (it holds one-time work: compilation, caches filling)."""
     timed = steps[warmup:] or steps[-1:]
 
     def median(get: Callable[[dict], float]) -> float:
@@ -226,4 +263,7 @@ def summary(steps: list[dict], warmup: int) -> dict:
         model_s=median(lambda s: s["model_s"]), cpu_s=median(lambda s: s["cpu_s"]),
         cpu_phases={p: median(lambda s, p=p: s["cpu_phases"][p]) for p in timed[0]["cpu_phases"]},
         rollout_model_s=median(lambda s: s["rollout_model_s"]), critic_model_s=median(lambda s: s["critic_model_s"]),
+        cpu_process_s=median(lambda s: s["cpu_process_s"]),
+        cpu_process_phases={p: median(lambda s, p=p: s["cpu_process_phases"][p]) for p in timed[0]["cpu_process_phases"]},
+        gc_mean_s=statistics.fmean(s["gc_s"] for s in timed), gc_full=sum(s["gc_full"] for s in timed),
         peak_GB=max(peaks) if peaks else None, first_step_s=steps[0]["s"] if steps else None, work=timed[-1]["work"])
