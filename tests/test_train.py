@@ -113,7 +113,9 @@ def test_none_rewards_are_left_out_not_zeroed_and_qwen2_vl_trains(make_config):
         "+rewards.half_unscorable.weight=1.0", "grpo.max_steps=2", "grpo.save_steps=1000", "logging.wandb=false",
     )
     trainer, _ = build_trainer(cfg)
-    assert type(trainer.model.base_model.model).__name__ == "Qwen2VLForConditionalGeneration"
+    from transformers import Qwen2VLForConditionalGeneration
+
+    assert isinstance(trainer.model.base_model.model, Qwen2VLForConditionalGeneration)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logs) == 2 and all(np.isfinite(h["loss"]) for h in logs)
