@@ -92,8 +92,7 @@ class SharedPrompt:
         return self.run(backbone, plan, kwargs)
 
     def plan(self, backbone: Any, kwargs: dict) -> Plan | None:
-        if any(v is not None and v is not False for k, v in kwargs.items()
-                                          if k not in _COVERED):
+        if any(v is not None and v is not False for k, v in kwargs.items() if k not in _COVERED):
             return None
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         pixel_values, grid = kwargs.get("pixel_values"), kwargs.get("image_grid_thw")
@@ -105,8 +104,8 @@ class SharedPrompt:
             return None
         pixels, grids = per_sample_images(pixel_values, grid, counts, n)
         ends = image_ends(backbone, ids)  # one past each row's last image token
-        host_ids, host_mask = ids.cpu(), mask.cpu()
-        keys = [tuple(host_ids[r, : ends[r]].tolist()) + tuple(host_mask[r, : ends[r]].tolist()) for r in range(n)]
+        host = torch.stack([ids, mask.to(ids.dtype)]).cpu().numpy()  # [2, n, length]: tokens and mask
+        keys = [host[:, r, : ends[r]].tobytes() for r in range(n)]
 
         def same(i: int, j: int) -> bool:
             return torch.equal(grids[i], grids[j]) and torch.equal(pixels[i], pixels[j])
@@ -115,12 +114,12 @@ class SharedPrompt:
         if len(reps) == n and not (self.position_offset or self.detach_cache):
             return None  # nothing to share
         shared = length
-        for g in range(len(reps)):
-            rows = (owner == g).nonzero().flatten()
-            if len(rows) < 2:
-                continue
-            agree = ((host_ids[rows] == host_ids[rows[0]]) & (host_mask[rows] == host_mask[rows[0]])).all(0)
-            shared = min(shared, int(agree.long().cumprod(0).sum()))
+        groups = owner.tolist()
+        for g, first in enumerate(reps):
+            rows = [r for r, o in enumerate(groups) if o == g and r != first]
+            if rows:  # the positions where every row of the group agrees with its first, up to the first that does not
+                agree = (host[:, rows] == host[:, first : first + 1]).all(axis=(0, 1))
+                shared = min(shared, int(agree.argmin()) if not agree.all() else length)
         if shared < max(ends) or shared < 1:
             return None  # an image past the shared part: the rows' own tokens would not be text
         return Plan(owner.to(ids.device), reps, shared, pixels, grids)
