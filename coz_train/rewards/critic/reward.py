@@ -76,14 +76,12 @@ def critic_prefix_wanted(cfg: DictConfig) -> bool:
 
 def install_critic_switches(backend: Any, perf: Any) -> list[Replacement]:
     """The `perf` switches of an `hf` critic backend, each change made and returned (undo them to take the
-    switches off): `perf.critic_prefix` (shared-prefix scoring), `perf.text_cache` (its tokenizer's
-    deduplication, and each batch encoded with its shared heads processed once: `templated.py`),
-    `perf.image_cache` (its processor's image cache), and with both caches' `perf.pixel_handles` a frozen-vision
-    feature cache on the critic reading the processor's pixel handles (its vision tower is frozen like the rest
-    of it)."""
+    switches off): `perf.critic_prefix` (shared-prefix scoring), `perf.text_cache` (each batch encoded with
+    its shared heads processed once: `templated.py`), `perf.image_cache` (its processor's image cache), and with
+    both caches' `perf.pixel_handles` a frozen-vision feature cache on the critic reading the processor's pixel
+    handles (its vision tower is frozen like the rest of it)."""
     from coz_train.perf.image_cache import install_image_cache
     from coz_train.perf.prefix import check_supported
-    from coz_train.perf.text_cache import install_text_cache
     from coz_train.perf.vision_cache import install_vision_cache
     from coz_train.rewards.critic.templated import TemplatedEncoder
 
@@ -93,10 +91,8 @@ def install_critic_switches(backend: Any, perf: Any) -> list[Replacement]:
     if perf.get("critic_prefix") and not backend.shared_prefix:
         check_supported(backend.model, "perf.critic_prefix")
         changes.append(Replacement(backend, "shared_prefix", True, "critic_prefix").apply())
-    if perf.get("text_cache"):  # the heads' processor call holds B equal texts: each tokenized once
-        recorded(changes, backend.processor, "tokenizer", "text_cache, critic", lambda: install_text_cache(backend.processor))
-        if backend.encoder is None:
-            changes.append(Replacement(backend, "encoder", TemplatedEncoder(backend.processor), "text_cache").apply())
+    if perf.get("text_cache") and backend.encoder is None:
+        changes.append(Replacement(backend, "encoder", TemplatedEncoder(backend.processor), "text_cache").apply())
     if perf.get("image_cache"):
         handles = bool(perf.get("pixel_handles"))
         cache = recorded(changes, backend.processor, "image_processor", "image_cache",

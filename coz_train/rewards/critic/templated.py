@@ -6,25 +6,29 @@ images and the instruction around one candidate prompt, every one templated, its
 almost all of it the same head (system turn, user turn, the images' tokens) again and again.
 
 `TemplatedEncoder(processor)(conversations)` renders the template for every row (strings, cheap), cuts each
-rendered text right after its last image placeholder into a head and a rest, runs the processor once on the
-distinct heads with their images (image preprocessing, placeholder expansion, tokenization), tokenizes each
-distinct rest (the instruction with the candidate, the generation prompt) with the tokenizer alone, and
-assembles the batch: the keys, token ids, attention mask, token types, pixel values and grids of the
-processor's call on the whole batch, bit for bit.
+rendered text right after its last image placeholder into a head and a rest, hands the distinct heads' images
+to the image processor as the processor's call does, runs the processor's call on a head once per head text
+and image grids (placeholder expansion and tokenization: a head's image tokens follow from its grids, so at the
+paper's setting, every image 512 px, that is once per run), tokenizes each distinct rest (the instruction with
+the candidate, the generation prompt) with the tokenizer alone, and assembles the batch: the keys, token ids,
+attention mask, token types, pixel values and grids of the processor's call on the whole batch, bit for bit.
 
 Why that is exact: the cut follows an added token (the image placeholder), and a tokenizer splits its input
 at added tokens before normalising, pre-tokenizing and merging the pieces between them one by one, so a
 text's ids are its head's ids followed by its rest's. Qwen-style image processors (`pixel_values` rows per
 image and `image_grid_thw`) process each image on its own, so a row's pixel rows are its images' wherever
 they were processed. Checked, not assumed: the first batch is also encoded the processor's way and compared
-(a difference, e.g. a tokenizer that appends an end token, turns the encoder off for good, with a warning),
+(a difference, e.g. a tokenizer that appends an end token, or a processor that hands its image processor
+other options, turns the encoder off for good, with a warning),
 and a batch it does not cover (another conversation layout, a multimodal placeholder in a rest, image outputs
 other than rows and grids) goes to the processor's call as it is.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -70,13 +74,16 @@ def same_encoding(a: Any, b: Any) -> bool:
 
 class TemplatedEncoder:
     """`encode_chats(processor, conversations)` with each distinct head processed once (see the module's
-    docstring). `calls`, `served` (calls it assembled) and `heads` (processor rows) count its work."""
+    docstring). `calls`, `served` (calls it assembled) and `heads` (heads run through the processor) count its
+    work."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, max_heads: int = 32):
         self.processor = processor
         self.enabled = True
         self.checked = False
         self.calls = self.served = self.heads = 0
+        self.max_heads = max_heads
+        self._heads: OrderedDict[tuple, tuple[list[str], torch.Tensor, torch.Tensor | None]] = OrderedDict()
 
     def __call__(self, conversations: list[list[dict]]) -> Any:
         self.calls += 1
@@ -103,7 +110,8 @@ class TemplatedEncoder:
         processor = self.processor
         tokenizer = getattr(processor, "tokenizer", None)
         image_token = getattr(processor, "image_token", None)
-        if not conversations or tokenizer is None or not isinstance(image_token, str) or not image_token:
+        if (not conversations or tokenizer is None or tokenizer.pad_token_id is None
+                or not isinstance(image_token, str) or not image_token):
             return None
         images = [conversation_images(c) for c in conversations]
         if any(not imgs for imgs in images):
@@ -125,64 +133,77 @@ class TemplatedEncoder:
         owner = [groups.setdefault((h, *map(id, imgs)), len(groups)) for h, imgs in zip(heads, images, strict=True)]
         first = {g: r for r, g in reversed(list(enumerate(owner)))}
         reps = [first[g] for g in range(len(groups))]
+        # the images as the processor's call hands them to its image processor (the tensors, nothing else)
+        pictures = processor.image_processor(images=[im for r in reps for im in images[r]], return_tensors="pt")
+        if set(pictures.keys()) != set(IMAGE_KEYS) or not isinstance(pictures["pixel_values"], torch.Tensor):
+            return None
+        grid = pictures["image_grid_thw"]
+        rows_per_image = grid.prod(dim=-1)
+        counts = [len(images[r]) for r in reps]
+        if pictures["pixel_values"].shape[0] != int(rows_per_image.sum()) or grid.shape[0] != sum(counts):
+            return None
         extra = {}
         if tokenizer.bos_token is not None and texts[0].startswith(tokenizer.bos_token):
             extra["add_special_tokens"] = False  # as the processor's chat template does
-        try:
-            head = processor(text=[heads[r] for r in reps], images=[list(images[r]) for r in reps], padding=True,
-                             return_tensors="pt", **extra)
-        except (ValueError, TypeError):  # the processor's call on the whole batch says what is wrong
+        starts = [0, *itertools.accumulate(counts)]
+        head_parts = [self._head(heads[r], grid[starts[g] : starts[g + 1]], images[r], extra)
+                      for g, r in enumerate(reps)]
+        if any(part is None for part in head_parts):
             return None
-        keys = list(head.keys())
-        if not (set(keys) <= set(TEXT_KEYS + IMAGE_KEYS) and {"input_ids", "attention_mask", *IMAGE_KEYS} <= set(keys)):
-            return None
-        grid, pixels = head["image_grid_thw"], head["pixel_values"]
-        rows_per_image = grid.prod(dim=-1)
-        if (not isinstance(pixels, torch.Tensor) or pixels.shape[0] != int(rows_per_image.sum())
-                or grid.shape[0] != sum(len(images[r]) for r in reps) or tokenizer.pad_token_id is None):
-            return None
-        self.heads += len(reps)
 
         distinct = list(dict.fromkeys(rests))
-        rest_ids = [torch.tensor(ids, dtype=head["input_ids"].dtype)
-                    for ids in tokenizer(distinct, add_special_tokens=False)["input_ids"]]
+        dtype = head_parts[0][1].dtype
+        rest_ids = [torch.tensor(ids, dtype=dtype) for ids in tokenizer(distinct, add_special_tokens=False)["input_ids"]]
         where = {text: i for i, text in enumerate(distinct)}
-        mask = head["attention_mask"].bool()
-        head_ids = [head["input_ids"][g][mask[g]] for g in range(len(reps))]
-        head_mm = [head["mm_token_type_ids"][g][mask[g]] for g in range(len(reps))] if "mm_token_type_ids" in head else None
-        rows = [(head_ids[g], rest_ids[where[rest]]) for g, rest in zip(owner, rests, strict=True)]
-        counts = [len(images[r]) for r in reps]
-        return BatchFeature(data=self._batch(keys, head, rows, owner, head_mm, rows_per_image, counts),
-                            tensor_type=None)
+        rows = [(head_parts[g][1], rest_ids[where[rest]]) for g, rest in zip(owner, rests, strict=True)]
+        return BatchFeature(data=self._batch(head_parts, rows, owner, pictures, counts), tensor_type=None)
 
-    def _batch(self, keys: list[str], head: Any, rows: list[tuple[torch.Tensor, torch.Tensor]], owner: list[int],
-               head_mm: list[torch.Tensor] | None, rows_per_image: torch.Tensor,
-               counts: list[int]) -> dict[str, torch.Tensor]:
+    def _head(self, text: str, grid: torch.Tensor, images: list, extra: dict) -> tuple | None:
+        """(output keys, ids, token types or None) of a head: the processor's call on it, once per head text and
+        image grids (its image tokens follow from the grids); None when its output is not covered."""
+        key = (text, tuple(map(tuple, grid.tolist())), tuple(sorted(extra.items())))
+        if key in self._heads:
+            self._heads.move_to_end(key)
+            return self._heads[key]
+        try:
+            out = self.processor(text=[text], images=[list(images)], return_tensors="pt", **extra)
+        except (ValueError, TypeError):  # the processor's call on the whole batch says what is wrong
+            return None
+        keys = list(out.keys())
+        if (not set(keys) <= set(TEXT_KEYS + IMAGE_KEYS) or not {"input_ids", "attention_mask", *IMAGE_KEYS} <= set(keys)
+                or not torch.equal(out["image_grid_thw"], grid) or not bool(out["attention_mask"].all())):
+            return None
+        mm = out["mm_token_type_ids"][0] if "mm_token_type_ids" in out else None
+        self.heads += 1
+        self._heads[key] = (keys, out["input_ids"][0], mm)
+        while len(self._heads) > self.max_heads:
+            self._heads.popitem(last=False)
+        return self._heads[key]
+
+    def _batch(self, head_parts: list[tuple], rows: list[tuple[torch.Tensor, torch.Tensor]], owner: list[int],
+               pictures: Any, counts: list[int]) -> dict[str, torch.Tensor]:
         """Rows padded as the tokenizer pads (its side, its pad id); each row's image rows and grids in row order."""
         tokenizer = self.processor.tokenizer
+        keys, ids, mm = head_parts[0]
         lengths = [len(a) + len(b) for a, b in rows]
         width, n = max(lengths), len(rows)
-        ids_dtype = head["input_ids"].dtype
-        input_ids = torch.full((n, width), tokenizer.pad_token_id, dtype=ids_dtype)
-        attention_mask = torch.zeros((n, width), dtype=head["attention_mask"].dtype)
-        mm = torch.zeros((n, width), dtype=head["mm_token_type_ids"].dtype) if head_mm is not None else None
+        input_ids = torch.full((n, width), tokenizer.pad_token_id, dtype=ids.dtype)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        types = torch.zeros((n, width), dtype=mm.dtype) if mm is not None else None
         left = tokenizer.padding_side == "left"
-        for r, ((h, rest), length) in enumerate(zip(rows, lengths, strict=True)):
+        for r, ((head, rest), length) in enumerate(zip(rows, lengths, strict=True)):
             start = width - length if left else 0
-            input_ids[r, start : start + len(h)] = h
-            input_ids[r, start + len(h) : start + length] = rest
+            input_ids[r, start : start + len(head)] = head
+            input_ids[r, start + len(head) : start + length] = rest
             attention_mask[r, start : start + length] = 1
-            if mm is not None:
-                mm[r, start : start + len(h)] = head_mm[owner[r]]
-        # the distinct heads' images, flattened in order: head g's are the next len(its images)
-        images_of, image = [], 0
-        for count in counts:
-            images_of.append(list(range(image, image + count)))
-            image += count
-        starts = [0, *torch.cumsum(rows_per_image, 0).tolist()]
-        pieces = {g: torch.cat([torch.arange(starts[i], starts[i + 1]) for i in images_of[g]]) for g in set(owner)}
-        index = torch.cat([pieces[g] for g in owner])
-        images = [i for g in owner for i in images_of[g]]
-        data = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm,
-                "pixel_values": head["pixel_values"][index], "image_grid_thw": head["image_grid_thw"][images]}
+            if types is not None:
+                types[r, start : start + len(head)] = head_parts[owner[r]][2]
+        # the distinct heads' images, flattened in order: head g's are the next counts[g]
+        starts = [0, *itertools.accumulate(counts)]
+        rows_at = [0, *torch.cumsum(pictures["image_grid_thw"].prod(dim=-1), 0).tolist()]
+        pieces = {g: torch.arange(rows_at[starts[g]], rows_at[starts[g + 1]]) for g in set(owner)}
+        images = [i for g in owner for i in range(starts[g], starts[g + 1])]
+        data = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": types,
+                "pixel_values": pictures["pixel_values"][torch.cat([pieces[g] for g in owner])],
+                "image_grid_thw": pictures["image_grid_thw"][images]}
         return {key: data[key] for key in keys}
