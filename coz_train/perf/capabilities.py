@@ -160,12 +160,15 @@ def generate_rope_deltas() -> None:
 def fused_lm_head_backbone() -> None:
     """TRL's log-prob pass (`model(**inputs, labels=..., fused_lm_head=True)`) runs the full sequences through the
     backbone, which it reaches as `base_model`, then the LM head on the completion positions: the shared prompt
-    works inside that backbone call."""
+    works inside that backbone call; given pre-shifted `shift_labels`, it scores the backbone's output as it is
+    (what `coz_train.perf.trl_seams.CompletionScoring` relies on to score the completion positions only)."""
     from trl.trainer import utils
 
     head = getattr(utils, "add_fused_lm_head", None)
     need(head is not None, "trl.trainer.utils has no add_fused_lm_head")
     mentions("trl.trainer.utils.add_fused_lm_head", head, '"base_model"', "getattr(self, ")
+    # CompletionScoring (coz_train.perf.trl_seams) hands the forward pre-shifted labels of the scored positions
+    mentions("trl.trainer.utils.add_fused_lm_head", head, "shift_labels", "last_hidden_state")
 
 
 def trl_rollouts_generate() -> None:

@@ -10,13 +10,14 @@
 - `pixel_handles`: the cached image processor hands out `PixelHandles` and the vision caches read the pixels
   from it (`coz_train.perf.image_cache`); needs `image_cache` and `vision_cache`;
 - `group_prefix`: the models' backbones get a `SharedPrompt` as their `shared_prompt`, which their `forward`
-  runs TRL's full-sequence passes with (`coz_train.perf.group_prefix`);
+  runs TRL's full-sequence passes with (`coz_train.perf.group_prefix`), and TRL's fused log-prob forward on the
+  models scores the completion positions only (`coz_train.perf.trl_seams.CompletionScoring`);
 - `rollout_prefix`: the policy gets a `RolloutPrefix` as its `rollout_prefix`: its `generate` prefills each
   distinct prompt once (`coz_train.perf.rollout_prefix`);
 - `merge_adapters_for_generation`, `compiled_decode`: flags on the policy, read by its `generate`
   (`coz_train.perf.merge`, `coz_train.perf.compiled_decode`); not with vLLM, which generates instead;
 - `group_batches`: TRL's row shuffle of a generation batch replaced by a whole-group shuffle
-  (`coz_train.perf.trl_seams`, the one TRL seam without a setting).
+  (`coz_train.perf.trl_seams`: the TRL parts without a setting, each named).
 The model-side switches live on the model's own classes (`coz_train.perf.model`: how `load_vlm` loads Qwen-VL
 models); nothing of TRL's trainer is overridden for speed. The critic is not the trainer's: the critic reward
 applies `perf.image_cache` to its own processor and `perf.critic_prefix` to its scoring
@@ -40,7 +41,7 @@ from coz_train.perf.model import switchable
 from coz_train.perf.replacement import Replacement, recorded
 from coz_train.perf.rollout_prefix import RolloutPrefix
 from coz_train.perf.text_cache import install_text_cache
-from coz_train.perf.trl_seams import group_batches
+from coz_train.perf.trl_seams import completion_scoring, group_batches
 from coz_train.perf.vision_cache import VisionFeatureCache, refuse_trained_vision
 from coz_train.zero3 import trainer_uses_zero3
 
@@ -99,9 +100,12 @@ class FastPath:
                     self.changes.append(Replacement(cache, "pixel_source", self.image_cache, "pixel_handles").apply())
         if self.on("group_prefix"):
             for role, model in models:
-                _, backbone = switchable(model, "perf.group_prefix")
-                self.changes.append(Replacement(backbone, "shared_prompt", SharedPrompt(),
-                                                f"group_prefix, {role}").apply())
+                inner, backbone = switchable(model, "perf.group_prefix")
+                shared = SharedPrompt()
+                self.changes.append(Replacement(backbone, "shared_prompt", shared, f"group_prefix, {role}").apply())
+                scoring = completion_scoring(inner, shared)
+                if scoring is not None:
+                    self.changes.append(scoring)
         policy, _ = switchable(trainer.model, "perf") if self.model_side_generation(trainer) else (None, None)
         if self.on("rollout_prefix"):
             self.rollout_prefix = RolloutPrefix(policy, policy.library_generate)

@@ -80,16 +80,22 @@ class SharedPrompt:
     detach_cache: bool = False
     calls: int = 0  # full-sequence calls that shared a prefix
     plain_calls: int = 0  # full-sequence calls it left to the library's forward
+    # (start, end): the positions whose hidden states the caller scores, while `coz_train.perf.trl_seams.
+    # CompletionScoring` asks for them; the output then holds those positions only
+    span: tuple[int, int] | None = None
 
     def __call__(self, backbone: Any, kwargs: dict) -> Any:
         if kwargs.get("use_cache") or kwargs.get("cache") is not None:
             return backbone.library_forward(**kwargs)  # generation, and the shared passes' own steps
         plan = self.plan(backbone, kwargs)
-        if plan is None:
-            self.plain_calls += 1
-            return backbone.library_forward(**kwargs)
-        self.calls += 1
-        return self.run(backbone, plan, kwargs)
+        if plan is not None:
+            self.calls += 1
+            return self.run(backbone, plan, kwargs)
+        self.plain_calls += 1
+        out = backbone.library_forward(**kwargs)
+        if self.span is not None:
+            out.last_hidden_state = out.last_hidden_state[:, self.span[0] : self.span[1]]
+        return out
 
     def plan(self, backbone: Any, kwargs: dict) -> Plan | None:
         if any(v is not None and v is not False for k, v in kwargs.items() if k not in _COVERED):
@@ -140,11 +146,14 @@ class SharedPrompt:
             )
             if self.detach_cache:
                 detach_cache(prefix.cache)
-            hidden = prefix.states[plan.owner]
-            if shared < ids.shape[1]:
+            start, end = self.span or (0, ids.shape[1])
+            parts = [prefix.states[:, start : min(shared, end)][plan.owner]] if start < shared else []
+            if shared < ids.shape[1]:  # the rows' own tokens (their hidden states past `end` are not asked for)
                 repeat_cache(prefix.cache, plan.owner)
                 rest = run_continuation(backbone, prefix, plan.owner, ids[:, shared:], mask[:, shared:])
-                hidden = torch.cat([hidden, rest], dim=1)
+                if end > shared:
+                    parts.append(rest[:, max(0, start - shared) : end - shared])
+            hidden = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return prefix.output_class(last_hidden_state=hidden)
 
 

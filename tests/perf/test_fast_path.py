@@ -17,6 +17,7 @@ from coz_train.perf.load_once import RowsOnce
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.replacement import Replacement
 from coz_train.perf.rollout_prefix import RolloutPrefix
+from coz_train.perf.trl_seams import CompletionScoring
 from coz_train.perf.vision_cache import VisionFeatureCache
 from coz_train.train import build_trainer
 
@@ -35,17 +36,19 @@ def test_install_logs_each_change_and_remove_puts_every_object_back(make_config,
     assert isinstance(inner.model.shared_prompt, SharedPrompt) and isinstance(inner.rollout_prefix, RolloutPrefix)
     assert inner.merge_adapters_for_generation and inner.compiled_decode
     assert trl_grpo.shuffle_sequence_dict is group_shuffle
-    # no method set on an instance by the fast path (TRL's own fused LM head sets the policy's forward)
+    # no method set on an instance by the fast path but the one named TRL seam (TRL's fused forward, wrapped)
     assert not {"generate", "get_image_features"} & set(inner.__dict__) and "forward" not in inner.model.__dict__
+    assert isinstance(inner.forward, CompletionScoring) and inner.forward.shared_prompt is inner.model.shared_prompt
     installed = next(r.getMessage() for r in caplog.records if "fast path installed" in r.getMessage())
     dataset = trainer.train_dataset
     assert isinstance(dataset, RowsOnce) and fast_path.vision_caches[0].pixel_source is fast_path.image_cache
     for text in ("train_dataset", "image_processor", ".tokenizer", "Model.vision_cache", "pixel_source",
                  "Model.shared_prompt", "ForConditionalGeneration.rollout_prefix",
-                 "merge_adapters_for_generation", "compiled_decode", "shuffle_sequence_dict"):
+                 "merge_adapters_for_generation", "compiled_decode", "shuffle_sequence_dict",
+                 "ForConditionalGeneration.forward -> coz_train.perf.trl_seams.CompletionScoring"):
         assert text in installed, text
     changes = list(fast_path.changes)
-    assert len(changes) == 10
+    assert len(changes) == 11
 
     trainer.remove_fast_path()
     assert trainer.fast_path is None and fast_path.changes == []

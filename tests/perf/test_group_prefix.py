@@ -10,6 +10,7 @@ from trl.trainer.utils import add_fused_lm_head
 from coz_train.perf import group_prefix
 from coz_train.perf.group_prefix import SharedPrompt, install_group_prefix
 from coz_train.perf.prefix import rope_positions
+from coz_train.perf.trl_seams import completion_scoring
 
 TEMPERATURE = 0.7
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -79,20 +80,27 @@ def plain_pass(model, batch: dict, weights: torch.Tensor):
     return trl_pass(model, batch, weights)
 
 
-def group_pass(model, batch: dict, weights: torch.Tensor, **knobs):
-    backbone = model.get_base_model().model
-    backbone.shared_prompt = None
-    install_group_prefix(model, SharedPrompt(**knobs))
+def group_pass(model, batch: dict, weights: torch.Tensor, scoring: bool = True, **knobs):
+    """The fast path as the trainer installs it: the backbone's shared prompt, and (`scoring`) TRL's fused forward
+    asked for the completion positions only."""
+    inner = model.get_base_model()
+    inner.model.shared_prompt = None
+    shared = install_group_prefix(model, SharedPrompt(**knobs))
+    wrapped = completion_scoring(inner, shared) if scoring else None
+    assert wrapped is not None or not scoring
     try:
         return trl_pass(model, batch, weights)
     finally:
-        backbone.shared_prompt = None
+        inner.model.shared_prompt = None
+        if wrapped is not None:
+            assert wrapped.value.calls == 1
+            wrapped.undo()
 
 
-def assert_same_as_plain(model, batch: dict, prefix_rows: list, groups: int) -> None:
+def assert_same_as_plain(model, batch: dict, prefix_rows: list, groups: int, scoring: bool = True) -> None:
     weights = token_weights(batch)
     ref_logps, ref_entropy, ref_grads = plain_pass(model, batch, weights)
-    logps, entropy, grads = group_pass(model, batch, weights)
+    logps, entropy, grads = group_pass(model, batch, weights, scoring=scoring)
     assert prefix_rows == [groups]  # one prompt pass per group, not per row
     assert logps.shape == ref_logps.shape == (batch["input_ids"].shape[0], batch["logits_to_keep"])
     assert rel_err(logps, ref_logps) < 1e-5
@@ -106,7 +114,7 @@ def assert_same_as_plain(model, batch: dict, prefix_rows: list, groups: int) -> 
 
 
 @pytest.mark.parametrize("image_sizes", [MIXED_SIZES, SAME_SIZES], ids=["different-prompt-lengths", "same-tokens"])
-@pytest.mark.parametrize("rows", ["grouped", "interleaved"])
+@pytest.mark.parametrize("rows", ["grouped", "interleaved", "every-position-scored"])
 @pytest.mark.parametrize("policy", ["qwen2_5_vl", "qwen2_vl"], indirect=True)
 def test_group_prefix_equals_trl_path(policy, make_batch, shuffle_rows, prefix_rows, image_sizes, rows):
     model, processor = policy
@@ -121,7 +129,7 @@ def test_group_prefix_equals_trl_path(policy, make_batch, shuffle_rows, prefix_r
     if rows == "interleaved":
         batch = shuffle_rows(batch, [3, 0, 4, 1, 5, 2])
         assert batch["images"][0] is not batch["images"][1]  # neighbouring rows from different groups
-    assert_same_as_plain(model, batch, prefix_rows, groups=2)
+    assert_same_as_plain(model, batch, prefix_rows, groups=2, scoring=rows != "every-position-scored")
 
 
 def test_group_prefix_with_a_single_completion_token(policy, make_batch, prefix_rows):

@@ -20,6 +20,7 @@ from coz_train.bench.workload import Shape, rows
 from coz_train.perf.group_prefix import SharedPrompt
 from coz_train.perf.prefix import unwrap
 from coz_train.perf.rollout_prefix import install_rollout_prefix
+from coz_train.perf.trl_seams import completion_scoring
 from coz_train.perf.vision_cache import install_vision_cache, uninstall_vision_cache
 
 
@@ -72,13 +73,17 @@ class PolicyBench:
         return self.policy(**inputs, labels=labels, fused_lm_head=True).log_probs[:, -self.keep:]
 
     def fast_logps(self, inputs: dict, **control: Any) -> torch.Tensor:
-        """TRL's call with the backbone's shared prompt on (`control`: SharedPrompt's negative-control knobs)."""
+        """TRL's call with `perf.group_prefix` as the trainer installs it: the backbone's shared prompt on
+        (`control`: its negative-control knobs), TRL's fused forward scoring the completion positions only."""
         backbone = self.inner.model
         backbone.shared_prompt = SharedPrompt(**control)
+        scoring = completion_scoring(self.inner, backbone.shared_prompt)
         try:
             return self.plain_logps(inputs)
         finally:
             backbone.shared_prompt = None
+            if scoring is not None:
+                scoring.undo()
 
     @contextlib.contextmanager
     def vision_cached(self) -> Iterator[dict]:
