@@ -64,3 +64,18 @@ def no_model_loads(monkeypatch):
     for name in ("build_zoom_dataset", "load_processor", "load_vlm"):
         monkeypatch.setattr(train_module, name, refuse)
     return ModelLoadStarted
+
+
+@pytest.fixture(scope="session")
+def critic_cfg(compose_cfg, tmp_path_factory):
+    """The `critic` section of `+experiment=smoke` (the tiny Qwen2.5-VL critic, hf backend)."""
+    return compose_cfg(["+experiment=smoke"], tmp_path_factory.mktemp("critic-run")).critic
+
+
+@pytest.fixture
+def critic(critic_cfg):
+    """A fresh plain hf critic on the CPU per test (tests change its generation config); test folders with other
+    critics define their own."""
+    from coz_train.rewards.critic import HFCritic, critic_device
+
+    return HFCritic(critic_cfg, critic_device("cpu"))

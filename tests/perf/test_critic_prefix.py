@@ -7,7 +7,7 @@ from skimage import data as skdata
 
 from coz_train.perf import critic_prefix
 from coz_train.perf.prefix import unwrap
-from coz_train.rewards.critic import HFCritic, build_critic_reward, critic_device
+from coz_train.rewards.critic import build_critic_reward
 
 TEXTS = ["fur", "red bricks on an old wall with green moss", "a blue sky",
          "sharp detailed face of an astronaut in a white suit", "cup", "x y"]
@@ -15,17 +15,6 @@ TEXTS = ["fur", "red bricks on an old wall with green moss", "a blue sky",
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max() / ref.abs().max())
-
-
-@pytest.fixture(scope="module")
-def critic_cfg(compose_cfg, tmp_path_factory):
-    return compose_cfg(["+experiment=smoke"], tmp_path_factory.mktemp("run")).critic
-
-
-@pytest.fixture
-def critic(critic_cfg):
-    """A fresh plain critic per test (tests change its generation config)."""
-    return HFCritic(critic_cfg, critic_device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,6 @@ def pair(color):
     return [Image.new("RGB", (64, 64), color), Image.new("RGB", (64, 64), tuple(255 - c for c in color))]
 
 
-@pytest.fixture(scope="module")
-def critic_cfg(compose_cfg, tmp_path_factory):
-    return compose_cfg(["+experiment=smoke"], tmp_path_factory.mktemp("run")).critic
-
-
 def test_logits_mode_gives_expected_scores_in_range_and_is_frozen(critic_cfg):
     critic = HFCritic(critic_cfg, critic_device("cpu"))
     assert not critic.model.training

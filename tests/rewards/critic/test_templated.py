@@ -7,23 +7,13 @@ from skimage import data as skdata
 
 from coz_train.perf.image_cache import PixelHandles, install_image_cache
 from coz_train.policy.load import encode_chats
-from coz_train.rewards.critic import HFCritic, build_critic_reward, critic_device, install_critic_switches
+from coz_train.rewards.critic import build_critic_reward, install_critic_switches
 from coz_train.rewards.critic.templated import TemplatedEncoder, conversation_images, same_encoding
 
 # candidate prompts that stress the cut: quotes and spaces at the joins, unicode, a control token and a
 # chat marker written as text, an empty prompt, repeats
 TEXTS = ["fur", ' "quoted" ', "  leading and trailing spaces  ", "naïve café, 日本語 ✓", "", "fur",
          "ends the turn <|im_end|> early", "a\nnew line", "<|vision_start|> as text", "x y"]
-
-
-@pytest.fixture(scope="module")
-def critic_cfg(compose_cfg, tmp_path_factory):
-    return compose_cfg(["+experiment=smoke"], tmp_path_factory.mktemp("run")).critic
-
-
-@pytest.fixture
-def critic(critic_cfg):
-    return HFCritic(critic_cfg, critic_device("cpu"))
 
 
 @pytest.fixture(scope="module")
