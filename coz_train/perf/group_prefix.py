@@ -126,6 +126,9 @@ class SharedPrompt:
             if rows:  # the positions where every row of the group agrees with its first, up to the first that does not
                 agree = (host[:, rows] == host[:, first : first + 1]).all(axis=(0, 1))
                 shared = min(shared, int(agree.argmin()) if not agree.all() else length)
+        # at least the last token runs on top of the prefix: every call makes the same two passes whatever the rows
+        # hold (under ZeRO-3 each pass gathers the weights on every rank, so the ranks' passes must match)
+        shared = min(shared, length - 1)
         if shared < max(ends) or shared < 1:
             return None  # an image past the shared part: the rows' own tokens would not be text
         return Plan(owner.to(ids.device), reps, shared, pixels, grids)
@@ -158,9 +161,9 @@ class SharedPrompt:
 
 
 def image_ends(backbone: Any, input_ids: torch.Tensor) -> list[int]:
-    """Per row, one past its last vision-end token (0 for a row without images)."""
-    end = backbone.config.vision_end_token_id
-    hits = input_ids == end
+    """Per row, one past its last image token (0 for a row without images). Not the last vision-end token: a
+    sampled completion may hold one, which is text to the model."""
+    hits = input_ids == backbone.config.image_token_id
     positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
     return (hits * positions).amax(dim=1).tolist()
 

@@ -161,9 +161,11 @@ def run_continuation(inner: Any, prefix: Prefix, owner: torch.Tensor, input_ids:
 
 
 def images_per_row(inner: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
-    """How many images each row holds: its vision-start tokens among its real tokens."""
-    start = inner.config.vision_start_token_id
-    return ((input_ids == start) & attention_mask.bool()).sum(dim=1).tolist()
+    """How many images each row holds: its vision-start tokens followed by an image token, among its real tokens
+    (a sampled completion may hold a lone vision-start token: that is text, as the model reads it)."""
+    config = inner.config
+    opens = (input_ids[:, :-1] == config.vision_start_token_id) & (input_ids[:, 1:] == config.image_token_id)
+    return (opens & attention_mask[:, :-1].bool()).sum(dim=1).tolist()
 
 
 def group_owner(keys: list[Any], same: Any = None) -> tuple[torch.Tensor, list[int]]:

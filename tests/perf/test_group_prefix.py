@@ -202,3 +202,17 @@ def test_calls_it_does_not_cover_are_the_librarys_own(make_policy, make_batch):
         assert (shared.calls, shared.plain_calls) == (0, 1)
         backbone(**inputs)
         assert (shared.calls, shared.plain_calls) == (1, 1)
+
+
+def test_a_completion_holding_vision_tokens_still_shares_its_prompt(policy, make_batch, prefix_rows):
+    """A sampled completion may hold a lone vision-start or vision-end token (text to the model): the row keeps its
+    group, so every call makes the same passes (under ZeRO-3 the ranks' passes must match)."""
+    model, processor = policy
+    batch = make_batch(processor, groups=2, per_group=3, max_completion=6, image_sizes=SAME_SIZES)
+    config = model.get_base_model().config
+    first = batch["input_ids"].shape[1] - batch["logits_to_keep"]
+    batch["input_ids"] = batch["input_ids"].clone()
+    batch["input_ids"][1, first] = config.vision_end_token_id
+    batch["input_ids"][4, first] = config.vision_start_token_id
+    assert batch["attention_mask"][[1, 4], first].all()
+    assert_same_as_plain(model, batch, prefix_rows, groups=2)
