@@ -7,8 +7,7 @@ had its own attribute, or removes the instance attribute so that the class's met
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,12 +77,3 @@ def recorded(changes: list[Replacement], owner: Any, name: str, reason: str, ins
         changes.append(Replacement.observed(owner, name, reason, before))
     return result
 
-
-@contextmanager
-def replaced(owner: Any, name: str, value: Any, reason: str = "") -> Iterator[Replacement]:
-    """`owner.name = value` inside the block, the previous value (or none) back after it, whatever happens."""
-    change = Replacement(owner, name, value, reason).apply()
-    try:
-        yield change
-    finally:
-        change.undo()

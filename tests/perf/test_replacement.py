@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from coz_train.perf.replacement import Replacement, replaced
+from coz_train.perf.replacement import Replacement
 
 
 class Owner:
@@ -29,15 +29,6 @@ def test_a_class_method_shows_through_again_after_undo():
     assert owner.method() == "instance"
     change.undo()
     assert owner.method() == "class" and "method" not in owner.__dict__
-
-
-def test_replaced_restores_even_when_the_block_raises():
-    module = types.ModuleType("m")
-    module.f = len
-    with pytest.raises(KeyError), replaced(module, "f", max):
-        assert module.f is max
-        raise KeyError("boom")
-    assert module.f is len
 
 
 def test_observed_records_a_change_made_elsewhere_and_applying_twice_is_refused():
