@@ -249,7 +249,9 @@ def test_fast_training_run_gives_the_plain_result(compose_cfg, tmp_path, switch_
         assert len(rewards["plain"]) == 3 and rewards[name] == rewards["plain"], name
         assert adapters[name].keys() == adapters["plain"].keys()
         diff = max((adapters[name][k] - adapters["plain"][k]).abs().max().item() for k in adapters["plain"])
-        assert diff < 1e-5, name
+        # float rounding only (measured 1.1e-5 after 3 steps: the optimizer's normalisation magnifies it on
+        # coordinates with tiny gradients); the control below, a one-position error, moves it past 1e-4
+        assert diff < 2e-5, name
 
 
 def test_a_wrong_fast_path_shows_in_the_trained_adapter(compose_cfg, tmp_path, monkeypatch):
