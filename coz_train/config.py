@@ -24,10 +24,13 @@ from coz_train.grpo_schema import grpo_section
 
 @dataclass
 class DataConfig:
+    """`data`: the training images and how the zoom pairs are made from them, as CoZ inference sees them
+    (coz_train/data/)."""
+
     image_dir: str | None = None  # a folder of HR images (searched recursively)
     dataset: str | None = None  # a Hugging Face dataset name or local dataset folder
-    dataset_split: str = "train"
-    dataset_image_column: str = "image"
+    dataset_split: str = "train"  # the split of data.dataset that is read
+    dataset_image_column: str = "image"  # the column of data.dataset that holds the images
     shipped_images: list[str] = field(default_factory=list)  # skimage.data names when no folder/dataset
     max_images: int | None = None  # use at most this many source images (sorted order)
     process_size: int = 512  # short side resize + centre crop, as CoZ inference
@@ -53,15 +56,17 @@ class DataConfig:
     chunk_images: int = 16  # source images per cached part: the unit of resume and of sharding
     device: str = "auto"  # where the backbone and prompt VLM run: auto (cuda if available) | cpu | cuda:N
     shard: int = 0  # python -m coz_train.data: build the parts of shard `shard` of `num_shards` only
-    num_shards: int = 1
+    num_shards: int = 1  # python -m coz_train.data: how many shards the parts are split into (see shard)
 
 
 @dataclass
 class LoraSection:
-    r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    bias: str = "none"
+    """`policy.lora`: the LoRA adapter GRPO trains (PEFT `LoraConfig` fields), as the released CoZ adapter."""
+
+    r: int = 8  # LoRA rank (the released adapter: 8)
+    lora_alpha: int = 32  # LoRA scaling alpha (the released adapter: 32)
+    lora_dropout: float = 0.05  # dropout on the LoRA input (the released adapter: 0.05)
+    bias: str = "none"  # none | all | lora_only: which biases train (PEFT's bias option; the released adapter: none)
     # Language-model linears only (vision tower stays frozen); a regex PEFT matches on full names, written so
     # that both module layouts (transformers 5 here, 4.49 in the official inference) resolve it alike.
     target_modules: str = (
@@ -71,15 +76,18 @@ class LoraSection:
 
 @dataclass
 class PolicyConfig:
+    """`policy`: the prompt VLM that GRPO trains (Qwen2.5-VL-3B in the paper), its image budget, LoRA and frozen
+    parts."""
+
     name_or_path: str = MISSING  # hub id, local folder, or tiny:<arch>[@seed] for offline runs
-    revision: str | None = None
+    revision: str | None = None  # hub revision (branch, tag or commit) of name_or_path; None: the default branch
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager
     min_pixels: int | None = None  # processor image budget; None keeps the model's default
-    max_pixels: int | None = None
-    freeze_vision_tower: bool = True
-    freeze_projector: bool = True
-    trust_remote_code: bool = False
+    max_pixels: int | None = None  # processor image budget, upper bound; None keeps the model's default
+    freeze_vision_tower: bool = True  # false: the vision tower trains fully, beside the LoRA adapter
+    freeze_projector: bool = True  # false: the vision-language projector trains fully, beside the LoRA adapter
+    trust_remote_code: bool = False  # run the checkpoint's own model code (Qwen2.5-VL does not need it)
     lora: LoraSection = field(default_factory=LoraSection)
     # an existing LoRA adapter folder to start GRPO from (e.g. the released CoZ checkpoint-10000), either layout;
     # its own config (r, alpha, modules) replaces policy.lora, and it is also the KL reference
@@ -88,26 +96,29 @@ class PolicyConfig:
 
 @dataclass
 class CriticConfig:
-    name_or_path: str = MISSING
+    """`critic`: the frozen critic VLM of the critic reward (InternVL2.5-8B in the paper), where it runs and how
+    it scores."""
+
+    name_or_path: str = MISSING  # hub id, local folder, tiny:<arch>[@seed] or random:<hub id>
     backend: str = "hf"  # hf: transformers image-text-to-text | internvl_remote: InternVL chat remote code
-    revision: str | None = None
-    dtype: str = "auto"
-    attn_implementation: str | None = None
+    revision: str | None = None  # hub revision (branch, tag or commit) of name_or_path; None: the default branch
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager; None: transformers' default
     device: str = "auto"  # auto (the training device) | cpu | cuda:N
     scoring: str = "generate"  # generate (parse the number, as the paper) | logits (expected score)
     score_max: int = 100  # the instruction asks for an integer 0..score_max; reward = score / score_max
-    batch_size: int = 8
-    max_new_tokens: int = 8
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    trust_remote_code: bool = False
+    batch_size: int = 8  # candidates scored per call (halved on out-of-memory)
+    max_new_tokens: int = 8  # scoring=generate: tokens the critic may write for its answer
+    min_pixels: int | None = None  # processor image budget (Qwen-VL critics); None keeps the model's default
+    max_pixels: int | None = None  # processor image budget, upper bound; None keeps the model's default
+    trust_remote_code: bool = False  # run the checkpoint's own model code (backend=internvl_remote needs it)
     image_backend: str | None = None  # pil | torchvision: the image processor's backend (None: transformers' default)
     max_tiles: int = 6  # InternVL critics: 448-px tiles per image (+ a thumbnail), as InternVL's dynamic_preprocess
-    instruction: str = MISSING
+    instruction: str = MISSING  # the question asked with the two images; {prompt} and {score_max} are filled in
     # backend=server: an OpenAI-compatible chat-completions endpoint (python -m coz_train.critic_server, vLLM, SGLang)
     url: str | None = None  # e.g. http://127.0.0.1:8000
     served_model: str | None = None  # the "model" field of requests; default: name_or_path
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # backend=server: seconds per request
     retries: int = 3  # attempts after the first, with exponential backoff
     concurrency: int = 8  # requests in flight from one rank
     top_logprobs: int | None = None  # logits mode over a server: K alternatives asked for (default max(20, score_max + 1))
@@ -119,7 +130,7 @@ class ServerConfig:
     """The critic server (python -m coz_train.critic_server)."""
 
     host: str = "127.0.0.1"  # loopback by default; any other address requires a token
-    port: int = 8000
+    port: int = 8000  # the port the critic server listens on
     token_env: str = "COZ_CRITIC_TOKEN"  # shared secret read from this environment variable
     max_request_mb: float = 32.0  # larger request bodies are refused (413)
     max_images: int = 8  # per request
@@ -136,7 +147,7 @@ class RewardFailureConfig:
     """What a failing reward (critic out of memory, server down, non-finite score) does to a step."""
 
     retries: int = 2  # attempts after the first, per reward call
-    backoff_s: float = 2.0
+    backoff_s: float = 2.0  # the wait before the first retry in seconds, doubled for each further one
     deadline_s: float = 300.0  # one total deadline per reward call, retries (the critic client's too) inside it
     on_failure: str = "stop"  # stop: the run stops with the error | skip: the step gets no reward (no update), logged
 
@@ -185,29 +196,34 @@ class BenchConfig:
 
 @dataclass
 class LoggingConfig:
-    wandb: bool = True
-    project: str = "coz_train"
+    """`logging`: the wandb run (offline automatically without credentials) and the rollout samples logged."""
+
+    wandb: bool = True  # false: no wandb run (as mode=disabled)
+    project: str = "coz_train"  # the wandb project
     run_name: str | None = None  # default: <experiment>-<time>
     mode: str = "auto"  # auto (offline without credentials) | online | offline | disabled
     sample_every: int = 10  # log a table of prompts, images and rewards every N steps
-    sample_count: int = 4
+    sample_count: int = 4  # rollouts in each sample table
 
 
 @dataclass
 class BackboneSection:
+    """`eval.backbone`: the SR backbone of the chain, picked by name (conf/eval/backbone/<name>.yaml), and its
+    settings."""
+
     name: str = "realesrgan_x4plus"  # realesrgan_x4plus | osediff_sd3 | bicubic | nearest
     tile: int = 0  # realesrgan: tile size in LR pixels (0 = whole image)
-    tile_pad: int = 16
+    tile_pad: int = 16  # realesrgan: overlap of neighbouring tiles in LR pixels
     sd3: str | None = None  # osediff_sd3: SD3 hub id or local diffusers folder
     lora_dir: str | None = None  # osediff_sd3: folder with the OSEDiff LoRA files (or an official ckpt/)
-    transformer_lora: str = "model_20001.pkl"
-    vae_lora: str = "vae_encoder_20001.pt"
+    transformer_lora: str = "model_20001.pkl"  # osediff_sd3: the transformer LoRA file in lora_dir (official name)
+    vae_lora: str = "vae_encoder_20001.pt"  # osediff_sd3: the VAE encoder LoRA file in lora_dir (official name)
     dtype: str = "float32"  # osediff_sd3: transformer (and text encoders unless text_dtype is set)
-    text_dtype: str | None = None
-    vae_dtype: str = "float32"
-    vae_tiling: bool = True
+    text_dtype: str | None = None  # osediff_sd3: the text encoders' dtype; None: dtype
+    vae_dtype: str = "float32"  # osediff_sd3: the VAE's dtype
+    vae_tiling: bool = True  # osediff_sd3: diffusers' tiled VAE (engages above 1024 px only)
     t5: bool = True  # false: zeros instead of T5, as diffusers allows
-    clip_max_length: int = 77
+    clip_max_length: int = 77  # osediff_sd3: prompt tokens of the CLIP text encoders
     t5_max_length: int = 512  # official CoZ value (diffusers' SD3 pipeline uses 256)
     latent: str = "sample"  # sample (official) | mode
     seed: int = 42  # the VAE latent sample's noise
@@ -235,11 +251,14 @@ DataBackboneSection = _data_backbone_section()
 
 @dataclass
 class EvalConfig:
+    """`eval`: the Chain-of-Zoom evaluation (python -m coz_train.eval): images, methods and prompt sources, the SR
+    backbone, metrics, shards."""
+
     image_dir: str | None = None  # eval images; default: the shipped images below
-    shipped_images: list[str] = field(default_factory=list)
+    shipped_images: list[str] = field(default_factory=list)  # skimage.data names evaluated when image_dir is null
     max_images: int | None = None  # the first N of the sorted list (unusable ones among them are skipped)
-    process_size: int = 512
-    scale: int = 4
+    process_size: int = 512  # short side resize + centre crop of each image (the paper: 512x512)
+    scale: int = 4  # each zoom step takes the centre 1/scale of each side
     steps: int = 4  # 4x, 16x, 64x, 256x
     # nearest | bicubic | onestep | recursive | recursive_multiscale
     methods: list[str] = field(default_factory=lambda: ["nearest", "bicubic", "onestep", "recursive_multiscale"])
@@ -249,17 +268,18 @@ class EvalConfig:
     onestep_prompt_sources: list[str | None] = field(default_factory=lambda: ["null"])  # the same names, for onestep
     user_prompt: str | None = None  # the `user` source; appended to the VLM prompt by the +user sources
     adapter: str | None = None  # a training run's adapter folder, for the vlm+adapter source
-    max_new_tokens: int = 32
-    do_sample: bool = False
+    max_new_tokens: int = 32  # prompt length of the VLM sources (the release with the GRPO adapter: 32)
+    do_sample: bool = False  # false: greedy prompts
     colorfix: str = "none"  # none | adain | wavelet
-    small_images: str = "upscale"
-    max_image_pixels: int = 178_956_970
+    small_images: str = "upscale"  # images with short side < process_size: upscale | skip
+    max_image_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
+    # niqe | piqe | brisque | musiq | maniqa | clipiqa (no reference) | psnr | ssim (where the original has the pixels)
     metrics: list[str] = field(default_factory=lambda: ["niqe", "piqe", "brisque", "musiq", "maniqa", "clipiqa", "psnr", "ssim"])
-    device: str = "auto"
-    batch_size: int = 4
-    figures: bool = True
+    device: str = "auto"  # auto (this rank's GPU, else cpu) | cpu | cuda:N
+    batch_size: int = 4  # images per backbone / VLM call
+    figures: bool = True  # write each image's chains.png (all methods side by side, prompts under each step)
     shard: int = 0  # evaluate images[shard::num_shards] only (a SLURM array task); ranks split it again
-    num_shards: int = 1
+    num_shards: int = 1  # how many shards the image list is split into (see shard)
     backbone: BackboneSection = field(default_factory=BackboneSection)
 
 
@@ -276,9 +296,11 @@ GRPOSection = grpo_section()  # TRL's GRPOConfig fields, from the snapshot coz_t
 
 @dataclass
 class CozTrainConfig:
-    seed: int = 0
+    """The training config (conf/config.yaml): the top-level keys and one section per component."""
+
+    seed: int = 0  # applied to python, numpy, torch, data order, random crops and sampling
     cpu_threads: int | None = None  # torch intra-op threads; the smoke run uses 1 (small steps stall with more)
-    experiment_name: str = "default"
+    experiment_name: str = "default"  # the run folder is outputs/<experiment_name>/<time>; the wandb run's name
     output_dir: str = MISSING  # the run folder (Hydra's run dir by default)
     resume: str = "none"  # none | auto | <checkpoint path>
     data: DataConfig = field(default_factory=DataConfig)
@@ -288,6 +310,7 @@ class CozTrainConfig:
     rewards: dict[str, Any] = field(default_factory=dict)
     reward_failure: RewardFailureConfig = field(default_factory=RewardFailureConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    # TRL's GRPOConfig fields under TRL's own names (conf/grpo/default.yaml: the paper's values and their sources)
     grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]
     perf: PerfConfig = field(default_factory=PerfConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
