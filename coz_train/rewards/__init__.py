@@ -2,7 +2,8 @@
 
 `phrase_exclusion_reward` and `repetition_reward` are plain TRL reward functions; the critic
 reward is built from the `critic` config group; `sr_quality` runs an SR backbone with each prompt
-and scores the image it makes (off by default).
+and scores the image it makes (off by default); `validity` pays for prompts of content words in Latin
+script (off by default).
 """
 
 from typing import Any
@@ -13,6 +14,7 @@ from coz_train.preflight import critic_needed
 from coz_train.rewards import (
     critic,  # noqa: E402,F401  (registers "critic")
     sr_quality,  # noqa: E402,F401  (registers "sr_quality")
+    validity,  # noqa: E402,F401  (registers "validity", off by default)
 )
 from coz_train.rewards.phrase import DEFAULT_PHRASES, phrase_exclusion_reward
 from coz_train.rewards.registry import active_rewards, build_rewards, named, register, registered
