@@ -1,8 +1,9 @@
 """The package's layers run one way: a lower layer never imports a higher one.
 
 What two layers share lives below both: the SR backbones, the zoom chain and the prompt sources in
-`coz_train.sr`, the image-quality metrics in `coz_train.image_quality`, the InternVL conversion in
-`coz_train.rewards.critic.conversion` (the command `coz_train.critic_convert` sits beside the rewards).
+`coz_train.sr`, the image-quality metrics in `coz_train.image_quality`, the statistics of the human study
+and the eval comparison in `coz_train.stats`, the InternVL conversion in `coz_train.rewards.critic.conversion`
+(the command `coz_train.critic_convert` sits beside the rewards).
 Every import statement counts, those inside functions too.
 """
 
@@ -38,6 +39,8 @@ RULES = (
              "message excepted: they import nothing of the package)"),
     Rule("image_quality", ("coz_train.eval", "coz_train.rewards", "coz_train.critic_convert", "coz_train.data",
                            "coz_train.sr"), why="the image-quality metrics sit below the rewards and the evaluation"),
+    Rule("stats", ("coz_train",), allowed=("coz_train.stats",),
+         why="the statistics sit below the human study and the evaluation that share them: they import nothing else"),
 )
 
 

@@ -2,7 +2,7 @@
 
 The MOS of a condition is the mean of all its ordinary ratings (ITU-T P.910: the mean over raters and
 items); its 95% interval is the percentile interval of the two-way (rater x item) bootstrap
-(bootstrap.py), and the SD is the standard deviation of the individual ratings (ddof=1), the spread the
+(`coz_train.stats.bootstrap`), and the SD is the standard deviation of the individual ratings (ddof=1), the spread the
 paper's +-1.1 error bars appear to show. Every pair of conditions is compared (significance.py): the
 MOS difference with its bootstrap interval, computed on the same replicates as the MOS themselves, and
 the Wilcoxon signed-rank p-value on per-rater differences, Holm-corrected across the pairs of the test.
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coz_train.study.analysis.bootstrap import cell_weights, percentile_interval
+from coz_train.stats.bootstrap import crossed_weights, percentile_interval
+from coz_train.stats.significance import signed_rank
 from coz_train.study.analysis.cells import MosCells
-from coz_train.study.analysis.significance import Comparison, signed_rank, with_holm
+from coz_train.study.analysis.significance import Comparison, with_holm
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def bootstrap_means(cells: MosCells, n_boot: int, rng: np.random.Generator) -> n
     onehot[np.arange(len(cells)), cells.condition] = 1.0
     weighted = onehot * cells.score[:, None]                # [N, C]
     out = []
-    for w in cell_weights(cells.rater, cells.item, len(cells.raters), len(cells.items), n_boot, rng):  # [b, N]
+    for w in crossed_weights(cells.rater, cells.item, len(cells.raters), len(cells.items), n_boot, rng):  # [b, N]
         with np.errstate(invalid="ignore", divide="ignore"):
             out.append((w @ weighted) / (w @ onehot))
     return np.concatenate(out) if out else np.empty((0, len(cells.conditions)))

@@ -2,7 +2,7 @@
 
 Model: P(i preferred to j) = 1 / (1 + exp(theta_j - theta_i)), theta the log-strength of a condition,
 reported centred (mean 0; a difference of 1 means odds of e:1). As Chatbot Arena and GenAI-Arena do,
-the intervals come from a bootstrap, here the two-way one over raters and items (bootstrap.py). With
+the intervals come from a bootstrap, here the two-way one over raters and items (`coz_train.stats.bootstrap`). With
 binary answers the two-way scheme is conservative: in simulations with no rater or item effects the 95%
 intervals covered the true strengths 99.8% of the time (10 raters, 8 items, 3 conditions).
 
@@ -10,13 +10,7 @@ intervals covered the true strengths 99.8% of the time (10 raters, 8 items, 3 co
 information (the two looked alike) and dropping it would make a 50/50 pair look decided by the few
 answers that were not unsure; the cost is that many unsure answers pull the scores towards each other.
 
-The fit is a Newton maximisation of the log-likelihood with a small ridge penalty (RIDGE/2 sum theta^2,
-a weak N(0, 1/RIDGE) prior) that keeps the scores finite when a condition wins or loses every
-comparison of a bootstrap replicate, and that centres them (the likelihood gradient sums to zero, so
-the penalised optimum has sum theta = 0). It is written here rather than taken from `choix` (MIT),
-whose fits handle one comparison matrix per call (~5 ms each with ilsr_pairwise_dense): the bootstrap
-needs n_boot fits per test, and this Newton step runs on all replicates at once ([B, C, C] arrays),
-2000 replicates in well under a second. The tests check it against choix where choix is installed.
+The fit (`coz_train.stats.bradley_terry`) runs on all bootstrap replicates at once.
 
 Paired tests (significance.py): per rater, the mean over that rater's direct comparisons of the two
 conditions of +1 (second chosen), 0 (unsure), -1 (first chosen); Wilcoxon signed-rank across raters,
@@ -31,14 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coz_train.study.analysis.bootstrap import cell_weights, percentile_interval
+from coz_train.stats.bootstrap import crossed_weights, percentile_interval
+from coz_train.stats.bradley_terry import fit_bradley_terry
+from coz_train.stats.significance import signed_rank
 from coz_train.study.analysis.cells import UNSURE, PairCells
-from coz_train.study.analysis.significance import Comparison, signed_rank, with_holm
-
-RIDGE = 1e-3
-MAX_STEP = 2.0   # Newton steps are clipped to this (per score) far from the optimum
-TOL = 1e-9
-MAX_ITER = 200
+from coz_train.study.analysis.significance import Comparison, with_holm
 
 
 @dataclass(frozen=True)
@@ -56,29 +47,6 @@ class BradleyTerry:
     @property
     def n(self) -> int:
         return sum(sum(row) for row in self.n_comparisons) // 2
-
-
-def fit_bradley_terry(wins: np.ndarray) -> np.ndarray:
-    """Scores from win counts: wins[..., i, j] = (fractional) wins of i over j. Returns [..., C] centred scores."""
-    wins = np.asarray(wins, dtype=float)
-    batch, c = wins.shape[:-2], wins.shape[-1]
-    w = wins.reshape(-1, c, c)                               # [B, C, C]
-    n = w + w.transpose(0, 2, 1)                             # comparisons per pair
-    won = w.sum(axis=2)                                      # [B, C]
-    theta = np.zeros(w.shape[:2])
-    eye = np.eye(c)
-    for _ in range(MAX_ITER):
-        p = 1.0 / (1.0 + np.exp(theta[:, None, :] - theta[:, :, None]))  # [B, C, C]: P(i beats j)
-        grad = won - (n * p).sum(axis=2) - RIDGE * theta
-        curvature = n * p * (1 - p)                                        # [B, C, C]
-        hessian = curvature - eye * curvature.sum(axis=2)[:, :, None] - RIDGE * eye  # negative definite
-        step = -np.linalg.solve(hessian, grad[..., None])[..., 0]
-        step = np.clip(step, -MAX_STEP, MAX_STEP)
-        theta = theta + step
-        if np.max(np.abs(step), initial=0.0) < TOL:
-            break
-    theta = theta - theta.mean(axis=1, keepdims=True)
-    return theta.reshape(*batch, c)
 
 
 def _outcome_columns(cells: PairCells) -> np.ndarray:
@@ -107,7 +75,7 @@ def pairwise_analysis(cells: PairCells, n_boot: int, rng: np.random.Generator) -
     wins = e.sum(axis=0).reshape(c, c)
     scores = fit_bradley_terry(wins)
     replicates = []
-    for weight in cell_weights(cells.rater, cells.item, len(cells.raters), len(cells.items), n_boot, rng):
+    for weight in crossed_weights(cells.rater, cells.item, len(cells.raters), len(cells.items), n_boot, rng):
         replicates.append(fit_bradley_terry((weight @ e).reshape(-1, c, c)))
     boot = np.concatenate(replicates) if replicates else np.empty((0, c))  # [B, C]
     low, high = percentile_interval(boot)

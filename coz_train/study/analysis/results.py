@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coz_train.study.analysis.agreement import alpha_of_values
+from coz_train.stats.agreement import alpha_of_values
 from coz_train.study.analysis.cells import condition_order, mos_cells, pair_cells
 from coz_train.study.analysis.mos import ConditionMOS, mos_analysis
 from coz_train.study.analysis.pairwise import BradleyTerry, pairwise_analysis

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from coz_train.study.analysis.agreement import alpha_of_values, krippendorff_alpha
+from coz_train.stats.agreement import alpha_of_values, krippendorff_alpha
 
 N = np.nan
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", the example with multiple observers

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from coz_train.study.analysis.significance import holm, signed_rank, stars
+from coz_train.stats.significance import holm, signed_rank, stars
 
 
 def test_holm_on_a_hand_worked_example() -> None:
