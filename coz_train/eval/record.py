@@ -1,6 +1,7 @@
 """The per-sample record of an eval run: what is finished, written so that a kill never leaves a half sample.
 
     <run>/per-sample/<image>/<method>/<k>.png, prompts.json   the chains (k = 0 is the input)
+    <run>/per-sample/<image>/full-*/whole-<k>.png, tiles.json the full-image chain's whole states and tiles
     <run>/per-sample/<image>/chains.png                       the figure (eval.figures)
     <run>/per-sample/<image>/scores.json                      every (method, scale, metric, value) of the image
     <run>/per-sample/<image>.skipped.json                     an image that could not be used, and why
@@ -28,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.sr.chain import Chain
+from coz_train.sr.full_image import FullImageChain
 
 RECORD = "eval_record.json"
 SCORES = "scores.json"
@@ -72,6 +74,8 @@ def save_chains(folder: Path, chains: list[Chain]) -> None:
         for k, state in enumerate(chain.states):
             state.save(sub / f"{k}.png")
         (sub / "prompts.json").write_text(json.dumps({str(k + 1): p for k, p in enumerate(chain.prompts)}, indent=1))
+        if isinstance(chain, FullImageChain):  # its whole states, and every tile's window and prompt
+            chain.save(sub)
 
 
 def write_sample(out: Path, name: str, chains: list[Chain], scores: list[Score], unavailable: dict[str, str],
@@ -119,14 +123,20 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+def result_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a run's config (as `eval_record.json` holds it) that change its results, flattened
+    (`eval.process_size`, `policy.name_or_path`, `seed`, ...): two runs with the same give the same numbers."""
+    return _flat(_results_config(config))
+
+
 def check_record(out: Path, cfg: DictConfig) -> None:
     """Stop when the run folder's record was made with a config that gives other results."""
     path = out / RECORD
     if not path.is_file():
         return
     stored = json.loads(path.read_text())
-    old = _flat(_results_config(stored["config"]))
-    new = _flat(_results_config(OmegaConf.to_container(cfg, resolve=True)))
+    old = result_keys(stored["config"])
+    new = result_keys(OmegaConf.to_container(cfg, resolve=True))
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
