@@ -153,6 +153,25 @@ class RewardFailureConfig:
 
 
 @dataclass
+class TripwireConfig:
+    """`tripwires`: checks at every logging step that flag or stop a collapsing run (coz_train/tripwires.py,
+    docs/tripwires.md). A wire trips once its metric is past its threshold for `patience` consecutive logging
+    steps; null disarms a wire."""
+
+    enabled: bool = True  # false: no wire is checked and no tripwire/<wire> metric is logged
+    action: str = "warn"  # warn: a WARNING, a train.log record, tripwire/<wire>=1 | stop: also save a checkpoint and end the run
+    patience: int = 3  # consecutive logging steps a metric must stay past its threshold before its wire trips
+    min_mean_length: float | None = 4.0  # mean_length wire: TRL's completions/mean_length (tokens) below this
+    length_drop: float | None = 3.0  # length_drop wire: the mean length below its early level divided by this
+    early_checks: int = 5  # the mean of the run's first N logged mean lengths is its early level (length_drop)
+    max_empty_or_non_latin: float | None = 0.5  # empty_or_non_latin wire: above this share of a step's completions with no letter or mostly non-Latin letters
+    min_latin_share: float = 0.5  # a completion whose letters are less than this share Latin counts as non-Latin
+    max_kl: float | None = 0.5  # kl wire: TRL's mean per-token KL to the reference above this (logged when grpo.beta != 0)
+    min_entropy: float | None = 0.02  # entropy wire: TRL's mean per-token entropy of the policy (nats) below this
+    max_zero_std_frac: float | None = 0.9  # zero_spread wire: TRL's frac_reward_zero_std (groups whose rewards all agree) above this
+
+
+@dataclass
 class PerfConfig:
     """Speed switches (docs/performance.md). Each keeps the training result of the plain path (all false)."""
 
@@ -309,6 +328,7 @@ class CozTrainConfig:
     # name -> {weight: float, ...params}; names must be registered in coz_train.rewards
     rewards: dict[str, Any] = field(default_factory=dict)
     reward_failure: RewardFailureConfig = field(default_factory=RewardFailureConfig)
+    tripwires: TripwireConfig = field(default_factory=TripwireConfig)  # checks against a collapsing run (docs/tripwires.md)
     server: ServerConfig = field(default_factory=ServerConfig)
     # TRL's GRPOConfig fields under TRL's own names (conf/grpo/default.yaml: the paper's values and their sources)
     grpo: GRPOSection = field(default_factory=GRPOSection)  # type: ignore[valid-type]

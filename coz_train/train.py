@@ -22,8 +22,9 @@ of the paper's config (conf/grpo/default.yaml: 8 prompts x 8 generations = 64 ro
 5. 8 micro-steps of 8 completions (coz_train/perf/group_batches.py keeps groups whole): the policy's per-token
    log-probs, the clipped objective + KL, backward (TRL's loss);
 6. gradient clipping (`grpo.max_grad_norm`), the AdamW step and the learning-rate schedule (TRL / transformers);
-7. logging (coz_train/callbacks.py) and, every `grpo.save_steps`, a checkpoint in the official adapter layout
-   with its model card (coz_train/trainer.py, checkpoints.py, model_card.py).
+7. logging (coz_train/callbacks.py), the tripwires against a collapsing run (coz_train/tripwires.py: warn, or save
+   and stop) and, every `grpo.save_steps`, a checkpoint in the official adapter layout with its model card
+   (coz_train/trainer.py, checkpoints.py, model_card.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from coz_train.preflight import Preflight, critic_needed, preflight, weighted_re
 from coz_train.rewards import active_rewards, build_rewards
 from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
+from coz_train.tripwires import TripwireCallback, TripwireStop, check_tripwires
 from coz_train.wandb_setup import configure_wandb
 from coz_train.zero3 import launched_with_zero3
 
@@ -163,6 +165,7 @@ def check_run(cfg: DictConfig, checked: Preflight | None = None) -> RunPlan:
     check_eval_during_training(cfg)
     policy_path = resolve_model(cfg.policy.name_or_path, "policy.name_or_path", cfg.policy.revision)
     check_perf_config(cfg, policy_path)
+    check_tripwires(cfg.tripwires)
     if cfg.policy.init_adapter:
         check_init_adapter(cfg.policy)
     report_to = configure_wandb(cfg)
@@ -212,7 +215,9 @@ def build_trainer(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[Any, st
     samples = SampleLogger(cfg.output_dir, cfg.logging.sample_every, cfg.logging.sample_count,
                            "wandb" in plan.report_to)
     # the card before CompleteMarkerCallback: a checkpoint is complete with its card written
-    callbacks = [samples, ModelCardCallback(cfg), CompleteMarkerCallback(), PreemptionCallback(),
+    # the tripwires first: the metrics they add to a step's logs reach the log file and log_history.jsonl
+    tripwires = TripwireCallback(cfg.tripwires, "wandb" in plan.report_to)  # tripwires.enabled=false: no checks
+    callbacks = [tripwires, samples, ModelCardCallback(cfg), CompleteMarkerCallback(), PreemptionCallback(),
                  UpdateGuardCallback(guard)]
     if cfg.eval_during_training.every:  # after PreemptionCallback: a preempted step saves without evaluating
         callbacks.append(EvalDuringTraining(cfg, "wandb" in plan.report_to))
@@ -227,6 +232,7 @@ def build_trainer(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[Any, st
     )
     trainer.install_fast_path(FastPath(cfg.perf))
     samples.trainer = trainer
+    tripwires.read_completions_of(trainer)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(RewardProgressCallback())
     log.info(
@@ -239,7 +245,8 @@ def build_trainer(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[Any, st
 def train(cfg: DictConfig, checked: Preflight | None = None) -> Path:
     """Check, build, train, and save the final adapter to `<output_dir>/adapter`; return that folder.
 
-    On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE. A run resumed after its
+    On a preemption signal the run saves a checkpoint and exits with PREEMPTED_EXIT_CODE; a tripwire with
+    `tripwires.action=stop` saves one and raises `TripwireStop` (what tripped, how to go on). A run resumed after its
     last step (a requeued job that had finished) trains nothing and changes nothing: it is found before the
     checks that need a model library. `checked`: `preflight(cfg)`'s result, when the caller ran it.
     """
@@ -255,6 +262,9 @@ def train(cfg: DictConfig, checked: Preflight | None = None) -> Path:
     if preemption.preempted:
         log.warning("Preempted: checkpoint-%d saved in %s; resume with resume=auto", preemption.stopped_at, run_dir)
         raise SystemExit(PREEMPTED_EXIT_CODE)
+    tripwires = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TripwireCallback))
+    if tripwires.stopped:  # tripwires.action=stop: a checkpoint is saved, no final adapter
+        raise TripwireStop(tripwires.stop_message(run_dir))
     adapter_dir = run_dir / "adapter"
     trainer.save_model(str(run_dir / "adapter.partial"))
     if trainer.is_world_process_zero():
