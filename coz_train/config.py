@@ -269,6 +269,19 @@ DataBackboneSection = _data_backbone_section()
 
 
 @dataclass
+class FullImageConfig:
+    """`eval.full_image`: the `full` method, the official full-image CoZ (inference_coz_full.py; docs/full-image.md)."""
+
+    steps: int = 1  # zoom steps of the whole image (official rec_num 1); state k is P * scale^k px square
+    tile_size: int = 128  # tile side in px of the previous state: x4 = 512 px = 64 SD3 latents (official latent_tiled_size)
+    tile_overlap: int = 32  # px shared by neighbouring tiles, same units: 16 SD3 latents (official latent_tiled_overlap)
+    max_new_tokens: int = 16  # length limit of each tile's VLM prompt (the official full-image script's 16)
+    max_side: int = 8192  # refuse steps whose last state is wider (px): 8192 allows 2 steps at P=512 (441 tiles)
+    vae_decode_shift: bool = False  # latent backbones: add the VAE shift factor back when decoding (official: not)
+    score_whole: bool = True  # also score each whole state (rows full-<source>/whole of results.csv, not results.md)
+
+
+@dataclass
 class EvalConfig:
     """`eval`: the Chain-of-Zoom evaluation (python -m coz_train.eval): images, methods and prompt sources, the SR
     backbone, metrics, shards."""
@@ -300,6 +313,7 @@ class EvalConfig:
     shard: int = 0  # evaluate images[shard::num_shards] only (a SLURM array task); ranks split it again
     num_shards: int = 1  # how many shards the image list is split into (see shard)
     backbone: BackboneSection = field(default_factory=BackboneSection)
+    full_image: FullImageConfig = field(default_factory=FullImageConfig)  # the `full` method's steps and tiles
 
 
 @dataclass

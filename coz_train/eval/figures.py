@@ -19,7 +19,7 @@ from coz_train.sr.chain import Chain  # noqa: E402
 def draw_chains(chains: list[Chain], scale: int) -> Figure:
     """Rows = methods, columns = the start and every zoom step, the step's prompt under it (control characters
     escaped: `coz_train.printable`)."""
-    steps = len(chains[0].states) - 1
+    steps = max(len(chain.states) for chain in chains) - 1  # a `full` chain may have fewer steps: blank cells
     fig, axes = plt.subplots(len(chains), steps + 1, figsize=(2.2 * (steps + 1), 2.6 * len(chains)), squeeze=False)
     for row, chain in enumerate(chains):
         for col, state in enumerate(chain.states):
@@ -27,12 +27,14 @@ def draw_chains(chains: list[Chain], scale: int) -> Figure:
             ax.imshow(state)
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
-                ax.set_title("input" if col == 0 else f"{scale**col}x", fontsize=9)
             if col == 0:
                 ax.set_ylabel(chain.method, fontsize=8)
             elif chain.prompts[col - 1]:
                 ax.set_xlabel(textwrap.fill(printable(chain.prompts[col - 1]), 28)[:140], fontsize=6)
+        for col in range(len(chain.states), steps + 1):
+            axes[row][col].axis("off")
+    for col, ax in enumerate(axes[0]):
+        ax.set_title("input" if col == 0 else f"{scale**col}x", fontsize=9)
     fig.tight_layout()
     return fig
 

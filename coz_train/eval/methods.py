@@ -3,8 +3,9 @@ checks that stop a bad config before any model loads.
 
 Result names: the method (`nearest`, `bicubic`), or `<method>-<source>` for a backbone method
 (`onestep-null`, `recursive_multiscale-vlm+adapter`); `onestep` takes its sources from
-`eval.onestep_prompt_sources`, the two CoZ chains from `eval.prompt_sources` (plus `user` when
-`eval.user_prompt` is set and no listed source uses it yet).
+`eval.onestep_prompt_sources`, the two CoZ chains and the full-image chain (`full`, its settings in
+`eval.full_image`) from `eval.prompt_sources` (plus `user` when `eval.user_prompt` is set and no
+listed source uses it yet).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from coz_train.sr.backbones import registered_backbones
 from coz_train.sr.chain import METHODS, PROMPTED_METHODS, check_geometry
 from coz_train.sr.colorfix import COLORFIXES
+from coz_train.sr.full_image import check_full_image
 from coz_train.sr.prompter import PROMPT_SOURCES, check_adapter, uses_user_prompt
 
 
@@ -85,6 +87,8 @@ def check_eval_config(cfg: DictConfig) -> None:
     if ev.backbone.name not in registered_backbones():
         raise ValueError(f"eval.backbone.name='{ev.backbone.name}' is not one of {registered_backbones()}.")
     check_geometry(ev.process_size, ev.scale, ev.steps)
+    if "full" in ev.methods:
+        check_full_image(ev.full_image, ev.process_size, ev.scale, ev.steps)
     if ev.num_shards < 1 or not 0 <= ev.shard < ev.num_shards:
         raise ValueError(f"eval.shard={ev.shard} of eval.num_shards={ev.num_shards}: give 0 <= eval.shard < "
                          "eval.num_shards (slurm/eval.sbatch sets both from the array).")

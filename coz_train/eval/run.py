@@ -8,8 +8,9 @@
 
 Methods (`eval.methods`): `nearest`, `bicubic` (plain resizes, one result each) and the backbone
 methods `onestep`, `recursive`, `recursive_multiscale`, one result per prompt source named
-`<method>-<source>` (`coz_train.eval.methods`). Geometry and what each prompt source sees:
-`coz_train.sr.chain`; the sources (`null`, `user`, `vlm`, `vlm+adapter`, `vlm+user`,
+`<method>-<source>` (`coz_train.eval.methods`); `full` (the official full-image chain, tile by
+tile: `coz_train.sr.full_image`, docs/full-image.md) also as `full-<source>/whole` in results.csv.
+Geometry and what each prompt source sees: `coz_train.sr.chain`; the sources (`null`, `user`, `vlm`, `vlm+adapter`, `vlm+user`,
 `vlm+adapter+user`): `coz_train.sr.prompter`.
 
 Each process evaluates its share of the images (`shards.py`: eval.shard of eval.num_shards, then
@@ -51,6 +52,7 @@ from coz_train.sr.chain import (
     reference_states,
     resample_chain,
 )
+from coz_train.sr.full_image import FullImageChain, full_image_chains, whole_references
 from coz_train.sr.prompter import VLMPrompter, is_vlm, prompt_source
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,12 @@ def run_chains(cfg: DictConfig, starts: list, backbone: Any, prompter: VLMPrompt
         method, _, source = label.partition("-")
         if method in RESAMPLE_METHODS:
             chains[label] = [resample_chain(s, method, ev.scale, ev.steps) for s in starts]
+        elif method == "full":
+            fi = ev.full_image
+            tile_prompter = prompter.with_max_new_tokens(fi.max_new_tokens) if prompter else None
+            prompts = prompt_source(source, tile_prompter, ev.user_prompt)
+            chains[label] = full_image_chains(starts, backbone, prompts, label, ev.scale, fi.steps, fi.tile_size,
+                                              fi.tile_overlap, ev.batch_size, decode_shift=fi.vae_decode_shift)
         elif method == "onestep":
             prompts = prompt_source(source, prompter, ev.user_prompt)
             chains[label] = onestep_chains(starts, backbone, ev.scale, ev.steps, prompts, label, ev.batch_size)
@@ -88,13 +96,23 @@ def score_chains(chains: list[Chain], references: list, metrics: dict[str, Any],
     """(method, scale, metric, value) of every state; full-reference metrics only where there is a ground truth."""
     scores: list[Score] = []
     for chain in chains:
-        for k, scale in enumerate(scales, start=1):
+        for k, scale in enumerate(scales[: len(chain.states) - 1], start=1):  # `full` may have fewer steps
             for name, metric in metrics.items():
                 reference = references[k - 1]
                 if metric.full_reference and reference is None:
                     continue
                 scores.append((chain.method, scale, name, float(metric(chain.states[k], reference))))
     return scores
+
+
+def score_whole_states(chains: list[Chain], original: Any, ev: DictConfig, metrics: dict[str, Any]) -> list[Score]:
+    """`full-<source>/whole`: each whole full-image state (P * scale^k px), against the original at that size where
+    it has the pixels. The chain's own rows score the window every other method shows (docs/full-image.md)."""
+    full = [chain for chain in chains if isinstance(chain, FullImageChain)]
+    if not full or not ev.full_image.score_whole:
+        return []
+    references = whole_references(original, ev.process_size, ev.scale, ev.full_image.steps)
+    return score_chains([Chain(f"{c.method}/whole", c.whole) for c in full], references, metrics, zoom_scales(ev))
 
 
 def evaluate_images(cfg: DictConfig, out: Path, images: list[EvalImage]) -> None:
@@ -130,7 +148,8 @@ def evaluate_images(cfg: DictConfig, out: Path, images: list[EvalImage]) -> None
             chains = run_chains(cfg, [start_state(original, ev.process_size)], backbone, prompter)
             sample = [chains[label][0] for label in labels]
             references = reference_states(original, ev.process_size, ev.scale, ev.steps)
-            write_sample(out, image.name, sample, score_chains(sample, references, metrics, scales), unavailable, figure)
+            scores = score_chains(sample, references, metrics, scales) + score_whole_states(sample, original, ev, metrics)
+            write_sample(out, image.name, sample, scores, unavailable, figure)
             log.debug("Evaluated %s", image.label)
             bar.update()
 

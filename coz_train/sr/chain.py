@@ -33,7 +33,7 @@ from coz_train.sr.colorfix import apply_colorfix
 PromptSource = Callable[[list[list[Image.Image]]], list[str]]
 
 RESAMPLE_METHODS = {"nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
-PROMPTED_METHODS = ("onestep", "recursive", "recursive_multiscale")  # results as <method>-<prompt source>
+PROMPTED_METHODS = ("onestep", "recursive", "recursive_multiscale", "full")  # results as <method>-<prompt source>
 METHODS = ("nearest", "bicubic", *PROMPTED_METHODS)
 
 

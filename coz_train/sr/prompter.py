@@ -13,6 +13,7 @@ with VLM prompts: `f"{vlm}, {user},"` (`append_user_prompt`).
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,12 @@ class VLMPrompter:
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample)
         texts = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [text.strip() for text in texts]
+
+    def with_max_new_tokens(self, max_new_tokens: int) -> VLMPrompter:
+        """The same model and processor writing at most `max_new_tokens` tokens (the full-image chain's tile prompts)."""
+        other = copy.copy(self)
+        other.max_new_tokens = max_new_tokens
+        return other
 
     def prompts(self, pairs: list[list[Image.Image]], use_adapter: bool) -> list[str]:
         out: list[str] = []

@@ -16,7 +16,7 @@ is an error.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -29,6 +29,28 @@ class SRBackbone(Protocol):
 
     def upscale(self, images: list[Image.Image], prompts: list[str], size: int | None = None) -> list[Image.Image]:
         """[N] images of size (w, h) and their prompts -> [N] images of (scale*w, scale*h), or (size, size)."""
+        ...
+
+
+@runtime_checkable
+class LatentSRBackbone(SRBackbone, Protocol):
+    """A backbone whose step runs in a latent space that can be tiled (OSEDiff-SD3): the full-image chain
+    (`coz_train.sr.full_image`) encodes a whole image once, steps each latent tile with its own prompt and blends
+    the tiles in latent space, as the official full-image inference does. `upscale` = decode(denoise(encode(x)))."""
+
+    latent_factor: int  # output px per latent px (the VAE's downsampling)
+    latent_multiple: int  # an encoded or stepped image's side in output px must be a multiple of this
+
+    def encode_latents(self, images: list[Image.Image]) -> torch.Tensor:
+        """[N] images of one size, already at the output size -> latents [N, C, H/f, W/f]."""
+        ...
+
+    def denoise_latents(self, z: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Latents [N, C, h, w] and one prompt each -> the stepped latents, same shape."""
+        ...
+
+    def decode_latents(self, z: torch.Tensor, shift: bool = True) -> list[Image.Image]:
+        """Latents [N, C, h, w] -> [N] images (f*w, f*h)."""
         ...
 
 

@@ -273,6 +273,9 @@ class OSEDiffSD3:
             self.vae.enable_tiling()
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.patch = self.transformer.config.patch_size
+        # the latent interface (`coz_train.sr.backbones.base.LatentSRBackbone`, used by the full-image chain)
+        self.latent_factor = self.vae_scale  # output px per latent px
+        self.latent_multiple = self.vae_scale * self.patch  # a latent tile's side in output px is a multiple of this
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,6 +317,38 @@ class OSEDiffSD3:
         return z * self.vae.config.scaling_factor
 
     @torch.no_grad()
+    def encode_latents(self, images: list[Image.Image]) -> torch.Tensor:
+        """Step 2: [N] RGB images of one size, already at the output size (no resize) -> latents [N, C, H/f, W/f]."""
+        sizes = {im.size for im in images}
+        if len(sizes) != 1:
+            raise ValueError(f"osediff_sd3 encodes a batch of one size; got {sorted(sizes)}.")
+        arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+        return self._encode_image(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device) * 2 - 1)
+
+    @torch.no_grad()
+    def denoise_latents(self, z: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Steps 3-4: latents [N, C, h, w] and one prompt each -> z - v(z, t=1000, prompt), float32, same shape."""
+        prompt_embeds, pooled = self.encode_prompt(list(prompts))
+        self.scheduler.set_timesteps(1, device=self.device)
+        t = self.scheduler.timesteps[0].expand(z.shape[0])
+        v = self.transformer(
+            hidden_states=z.to(self.dtype),
+            timestep=t,
+            pooled_projections=pooled,
+            encoder_hidden_states=prompt_embeds,
+            return_dict=False,
+        )[0]
+        return z.float() - v.float()
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor, shift: bool = True) -> list[Image.Image]:
+        """Step 5: latents [N, C, h, w] -> [N] RGB images (f*w, f*h). `shift=False` leaves out the VAE's shift
+        factor, as the official full-image script's `decode_full_latent` does."""
+        z = z / self.vae.config.scaling_factor + (self.vae.config.shift_factor if shift else 0.0)
+        out = self.vae.decode(z.to(self.vae_dtype), return_dict=False)[0].float()
+        out = (out.clamp(-1, 1) * 0.5 + 0.5).mul(255).to(torch.uint8)  # truncation, as ToPILImage
+        return [Image.fromarray(a) for a in out.permute(0, 2, 3, 1).cpu().numpy()]
+
     def upscale(self, images: list[Image.Image], prompts: list[str], size: int | None = None) -> list[Image.Image]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts.")
@@ -325,29 +360,12 @@ class OSEDiffSD3:
         w, h = sizes.pop()
         # with `size`, the crop goes bicubically straight to the output size, as the official one-step mode
         W, H = (size, size) if size else (w * self.scale, h * self.scale)
-        multiple = self.vae_scale * self.patch
-        if W % multiple or H % multiple:
-            raise ValueError(f"osediff_sd3: the {W}x{H} output must be a multiple of {multiple} px (input {w}x{h}).")
-        hr = [np.asarray(im.convert("RGB").resize((W, H), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
-        x = torch.from_numpy(np.stack(hr)).permute(0, 3, 1, 2).to(self.device) * 2 - 1
-
-        z = self._encode_image(x)
-        prompt_embeds, pooled = self.encode_prompt(list(prompts))
-        self.scheduler.set_timesteps(1, device=self.device)
-        t = self.scheduler.timesteps[0].expand(z.shape[0])
-        v = self.transformer(
-            hidden_states=z.to(self.dtype),
-            timestep=t,
-            pooled_projections=pooled,
-            encoder_hidden_states=prompt_embeds,
-            return_dict=False,
-        )[0]
-        z = z - v.float()
-
-        z = z / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        out = self.vae.decode(z.to(self.vae_dtype), return_dict=False)[0].float()
-        out = (out.clamp(-1, 1) * 0.5 + 0.5).mul(255).to(torch.uint8)  # truncation, as ToPILImage
-        return [Image.fromarray(a) for a in out.permute(0, 2, 3, 1).cpu().numpy()]
+        if W % self.latent_multiple or H % self.latent_multiple:
+            raise ValueError(
+                f"osediff_sd3: the {W}x{H} output must be a multiple of {self.latent_multiple} px (input {w}x{h})."
+            )
+        z = self.encode_latents([im.convert("RGB").resize((W, H), Image.BICUBIC) for im in images])
+        return self.decode_latents(self.denoise_latents(z, prompts))
 
 
 def _dtype(cfg: Any, key: str, default: str) -> torch.dtype:
