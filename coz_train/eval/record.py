@@ -2,7 +2,6 @@
 
     <run>/per-sample/<image>/<method>/<k>.png, prompts.json   the chains (k = 0 is the input)
     <run>/per-sample/<image>/full-*/whole-<k>.png, tiles.json the full-image chain's whole states and tiles
-    <run>/per-sample/<image>/full-*/whole-<k>.png, tiles.json the full-image chain's whole states and tiles
     <run>/per-sample/<image>/chains.png                       the figure (eval.figures)
     <run>/per-sample/<image>/scores.json                      every (method, scale, metric, value) of the image
     <run>/per-sample/<image>.skipped.json                     an image that could not be used, and why
@@ -30,7 +29,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from coz_train.sr.chain import Chain
-from coz_train.sr.full_image import FullImageChain
 from coz_train.sr.full_image import FullImageChain
 
 RECORD = "eval_record.json"
@@ -76,8 +74,6 @@ def save_chains(folder: Path, chains: list[Chain]) -> None:
         for k, state in enumerate(chain.states):
             state.save(sub / f"{k}.png")
         (sub / "prompts.json").write_text(json.dumps({str(k + 1): p for k, p in enumerate(chain.prompts)}, indent=1))
-        if isinstance(chain, FullImageChain):  # its whole states, and every tile's window and prompt
-            chain.save(sub)
         if isinstance(chain, FullImageChain):  # its whole states, and every tile's window and prompt
             chain.save(sub)
 
