@@ -268,6 +268,48 @@ def _data_backbone_section() -> type:
 DataBackboneSection = _data_backbone_section()
 
 
+# The hallucination judge's question (docs/judge.md): the project's own, as OracleZoom's is not public.
+JUDGE_QUESTION = (
+    "The first image is a wide view. The second image shows the central region of the first image, enlarged by a "
+    "super-resolution model. Does the second image contain hallucinated content: objects, structures, textures or "
+    "text that the corresponding region of the first image does not support, or that contradict it? Blur, noise and "
+    "missing detail are not hallucinations. Answer 1 if the second image contains hallucinated content and 0 if it "
+    "does not, and nothing else."
+)
+
+
+@dataclass
+class JudgeConfig:
+    """`eval.judge`: a VLM judging each zoomed output against the wider view it was zoomed from (metric
+    `hallucination`, lower is better; coz_train/eval/judge/, docs/judge.md). The keys are the critic's where they
+    mean the same; presets in conf/eval/judge/."""
+
+    name_or_path: str | None = None  # the judge model (hub id, local folder, tiny:<arch>[@seed]); null: no judge
+    backend: str = "hf"  # the critic's backends: hf (in this process) | internvl_remote | server (url below)
+    revision: str | None = None  # hub revision (branch, tag or commit) of name_or_path; None: the default branch
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32 (hf, internvl_remote)
+    attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager; None: transformers' default
+    device: str = "auto"  # auto (this rank's GPU, else cpu) | cpu | cuda:N (hf, internvl_remote)
+    scoring: str = "generate"  # generate: the first number of the answer | logits: expected answer (P("1") at score_max 1)
+    score_max: int = 1  # the instruction asks for an integer 0..score_max; hallucination = answer / score_max
+    instruction: str = JUDGE_QUESTION  # the fixed question asked with [wider view, zoomed output]; {score_max} is filled in
+    batch_size: int = 8  # (wider view, zoomed output) pairs per judge call (halved on out-of-memory)
+    max_new_tokens: int = 8  # scoring=generate: tokens the judge may write for its answer
+    min_pixels: int | None = None  # processor image budget (Qwen-VL judges); None keeps the model's default
+    max_pixels: int | None = None  # processor image budget, upper bound; None keeps the model's default
+    trust_remote_code: bool = False  # run the checkpoint's own model code (backend=internvl_remote needs it)
+    image_backend: str | None = None  # pil | torchvision: the image processor's backend (None: transformers' default)
+    max_tiles: int = 6  # InternVL judges: 448-px tiles per image (+ a thumbnail), as InternVL's dynamic_preprocess
+    url: str | None = None  # backend=server: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001 (vLLM)
+    served_model: str | None = None  # backend=server: the "model" field of requests; default: name_or_path
+    timeout_s: float = 300.0  # backend=server: seconds per request
+    retries: int = 3  # backend=server: attempts after the first, with exponential backoff
+    concurrency: int = 8  # backend=server: requests in flight from one rank
+    top_logprobs: int | None = None  # logits mode over a server: K alternatives asked for (default max(20, score_max + 1))
+    token_env: str = "COZ_JUDGE_TOKEN"  # backend=server: the environment variable holding the server's token, if any
+    cache_dir: str | None = None  # where answers are cached (keyed by settings and images); null: <run>/judge_cache
+
+
 @dataclass
 class FullImageConfig:
     """`eval.full_image`: the `full` method, the official full-image CoZ (inference_coz_full.py; docs/full-image.md)."""
@@ -313,6 +355,7 @@ class EvalConfig:
     shard: int = 0  # evaluate images[shard::num_shards] only (a SLURM array task); ranks split it again
     num_shards: int = 1  # how many shards the image list is split into (see shard)
     backbone: BackboneSection = field(default_factory=BackboneSection)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # the VLM hallucination judge (off while name_or_path is null)
     full_image: FullImageConfig = field(default_factory=FullImageConfig)  # the `full` method's steps and tiles
 
 

@@ -51,7 +51,7 @@ def _atomic(path: Path, write: Any) -> None:
 def merge(cfg: DictConfig) -> list[Row]:
     """results.csv, results.md, metrics.png (and wandb) of the run in cfg.output_dir; its rows."""
     from coz_train.eval.figures import metric_plots
-    from coz_train.image_quality import higher_is_better
+    from coz_train.eval.tables import higher_is_better  # the image-quality metrics' and the judge's directions
 
     ev, out = cfg.eval, Path(cfg.output_dir)
     images = eval_image_list(ev)

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from coz_train.eval.judge.checks import check_judge
 from coz_train.sr.backbones import registered_backbones
 from coz_train.sr.chain import METHODS, PROMPTED_METHODS, check_geometry
 from coz_train.sr.colorfix import COLORFIXES
@@ -96,3 +97,4 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise FileNotFoundError(f"eval.image_dir='{ev.image_dir}' is not a folder of images.")
     if not ev.image_dir and not ev.shipped_images:
         raise ValueError("No eval images: set eval.image_dir=<folder> (DIV2K / DIV8K train in the paper).")
+    check_judge(ev.get("judge"))  # eval.judge: its model found (or its server's URL well formed), nothing loaded

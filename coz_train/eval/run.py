@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 from coz_train.data.zoom import start_state
 from coz_train.devices import rank_device
 from coz_train.eval.images import EvalImage, eval_image_list, open_eval_image
+from coz_train.eval.judge import judged, load_judge
 from coz_train.eval.merge import merge, missing_images
 from coz_train.eval.methods import check_eval_config, method_labels, used_sources, zoom_scales
 from coz_train.eval.record import Score, is_finished, open_record, write_sample, write_skip
@@ -133,6 +134,7 @@ def evaluate_images(cfg: DictConfig, out: Path, images: list[EvalImage]) -> None
     if any(is_vlm(s) for s in sources):
         adapter = ev.adapter if any("vlm+adapter" in s for s in sources) else None
         prompter = VLMPrompter(cfg.policy, adapter, device, ev.max_new_tokens, ev.do_sample, ev.batch_size)
+    judge = load_judge(ev.judge, out)  # eval.judge (docs/judge.md); None when it is off
     labels, scales = method_labels(ev), zoom_scales(ev)
     figure = (lambda chains, path: chain_figure(chains, ev.scale, path)) if ev.figures else None
     with progress_bar(len(images), "eval", log) as bar:
@@ -149,9 +151,12 @@ def evaluate_images(cfg: DictConfig, out: Path, images: list[EvalImage]) -> None
             sample = [chains[label][0] for label in labels]
             references = reference_states(original, ev.process_size, ev.scale, ev.steps)
             scores = score_chains(sample, references, metrics, scales) + score_whole_states(sample, original, ev, metrics)
+            scores += judged(judge, sample, scales)  # `hallucination` per method and scale; [] without a judge
             write_sample(out, image.name, sample, scores, unavailable, figure)
             log.debug("Evaluated %s", image.label)
             bar.update()
+    if judge is not None:
+        log.info("Eval: %s", judge.summary())
 
 
 def wait_for_images(out: Path, names: list[str]) -> None:

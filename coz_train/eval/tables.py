@@ -1,7 +1,8 @@
 """Results tables: `results.csv` (method, scale, metric, mean, std, n) and `results.md`.
 
 `results.md` has one table per metric, methods as rows and zoom scales as columns, with the best
-value per scale in bold (lower is better for NIQE, PIQE and BRISQUE; higher for the rest).
+value per scale in bold (lower is better for NIQE, PIQE, BRISQUE and the judge's `hallucination`;
+higher for the rest).
 Metrics that could not be computed are listed once with the reason, never shown as numbers; a
 score that is undefined for one image (NaN) is left out of that cell's mean and its n.
 """
@@ -17,6 +18,17 @@ from pathlib import Path
 import numpy as np
 
 CSV_COLUMNS = ("method", "scale", "metric", "mean", "std", "n")
+LOWER_IS_BETTER = {"hallucination"}  # metrics not of coz_train.image_quality: the VLM judge's rate (eval/judge/)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` is better: False for `LOWER_IS_BETTER`, else the image-quality metric's own
+    direction (`coz_train.image_quality.higher_is_better`)."""
+    if metric in LOWER_IS_BETTER:
+        return False
+    from coz_train.image_quality import higher_is_better as image_quality_higher
+
+    return image_quality_higher(metric)
 
 
 @dataclass(frozen=True)
