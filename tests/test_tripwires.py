@@ -218,6 +218,21 @@ def test_with_action_stop_the_callback_asks_for_a_checkpoint_and_the_end(tmp_pat
     assert str(tmp_path / "checkpoint-2") in message and "tripwires.action=warn" in message
 
 
+def test_the_metrics_reach_wandb_on_the_trainers_step_axis(tmp_path):
+    import wandb
+
+    callback = TripwireCallback(section(patience=1, max_empty_or_non_latin=None), use_wandb=True)
+    state = TrainerState()
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="tripwires")
+    try:
+        log_step(callback, state, healthy(7, kl=3.0))
+        summary = dict(run.summary)
+    finally:
+        wandb.finish()
+    assert summary["train/tripwire/kl"] == 1.0 and summary["train/tripwire/entropy"] == 0.0
+    assert summary["train/global_step"] == 7
+
+
 def test_disabled_checks_nothing_and_reads_no_completions():
     callback = TripwireCallback(section(enabled=False), use_wandb=False)
     callback.read_completions_of(object())  # no completion log needed
