@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from coz_train.image_quality.metric import MetricUnavailable
-from coz_train.image_quality.no_reference import fetch_weights
 from coz_train.image_quality.offline import DOWNLOADED
 from coz_train.image_quality.params import BRISQUE_SDIST, NIQE_SDIST, PARAMS, fetch_params
+from coz_train.image_quality.pyiqa_metrics import fetch_weights
 from coz_train.image_quality.registry import METRIC_NAMES, build_metrics
 
 

@@ -9,6 +9,10 @@ cache `pyiqa.utils.download_util.DEFAULT_CACHE_DIR` (`<torch hub dir>/pyiqa`):
 - `clipiqa`: `<torch hub dir>/clip/RN50.pt`, pyiqa's own CLIP loader (the sha256 is in its URL);
 - `niqe`, `brisque`: the parameter files of params.py, passed as `pretrained_model_path`; only
   without them pyiqa's <pyiqa>/niqe_modelparameters.mat or brisque_svm_weights.pth;
+- `lpips` (v0.1, AlexNet): torchvision's ImageNet AlexNet, `<torch hub dir>/checkpoints/alexnet-owt-*.pth`
+  (`AlexNet_Weights.IMAGENET1K_V1`, which pyiqa's LPIPS loads first), then <pyiqa>/LPIPS_v0.1_alex-*.pth;
+- `dists`: torchvision's ImageNet VGG16, `<torch hub dir>/checkpoints/vgg16-*.pth`
+  (`VGG16_Weights.IMAGENET1K_V1`), then <pyiqa>/DISTS_weights-*.pth;
 - `piqe`: nothing.
 
 A missing file is downloaded here, into the place its loader reads, with every socket operation
@@ -16,7 +20,7 @@ bounded by FETCH_TIMEOUT_S, if the network is there: one short request to the Hu
 decides it, or HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1 declares it absent. Without network the
 metric is unavailable, with the missing paths and the command that fetches them:
 
-    python -m coz_train.image_quality --fetch-weights musiq maniqa clipiqa
+    python -m coz_train.image_quality --fetch-weights musiq maniqa clipiqa lpips dists
 
 So pyiqa, built only once its files are in place, never downloads one, and nothing here changes the
 socket module or a library's settings. A file these lists miss (another pyiqa version) would still
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 5.0  # one request to the weights host decides whether downloads are tried
 FETCH_TIMEOUT_S = 30.0  # per socket operation of a weights download (not the whole download)
 CLI = "python -m coz_train.image_quality"
-DOWNLOADED = ("musiq", "maniqa", "clipiqa")  # the metrics whose weights only a download provides
+DOWNLOADED = ("musiq", "maniqa", "clipiqa", "lpips", "dists")  # the metrics whose weights only a download provides
 
 
 def offline_reason() -> str | None:
@@ -138,6 +142,13 @@ def _pyiqa_file(url: str) -> WeightFile:
     return WeightFile(Path(download_util.DEFAULT_CACHE_DIR) / os.path.basename(urllib.parse.urlparse(url).path), url)
 
 
+def _torchvision_file(url: str) -> WeightFile:
+    """A torchvision model's weights, where `torch.hub.load_state_dict_from_url` keeps them."""
+    import torch.hub
+
+    return WeightFile(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path), url)
+
+
 def weight_files(name: str, has_params: bool = True) -> list[WeightFile | HubFile]:
     """The files pyiqa loads when it builds our metric `name`; `has_params`: niqe/brisque get params.py's file."""
     if name == "musiq":
@@ -156,6 +167,15 @@ def weight_files(name: str, has_params: bool = True) -> list[WeightFile | HubFil
 
         url = clip_model._MODELS["RN50"]  # .../<sha256>/RN50.pt, read from <torch hub dir>/clip
         return [WeightFile(Path(torch.hub.get_dir()) / "clip" / os.path.basename(url), url, url.split("/")[-2])]
+    if name in ("lpips", "dists"):
+        from pyiqa.archs import dists_arch, lpips_arch
+        from torchvision.models import AlexNet_Weights, VGG16_Weights
+
+        if name == "lpips":  # pyiqa's `lpips`: LPIPS(net="alex", version="0.1")
+            trunk, url = AlexNet_Weights.IMAGENET1K_V1.url, lpips_arch.default_model_urls["0.1_alex"]
+        else:
+            trunk, url = VGG16_Weights.IMAGENET1K_V1.url, dists_arch.default_model_urls["url"]
+        return [_torchvision_file(trunk), _pyiqa_file(url)]
     if name in ("niqe", "brisque") and not has_params:
         from pyiqa.archs import brisque_arch, niqe_arch
 

@@ -235,3 +235,61 @@ def test_missing_weights_are_fetched_into_the_loaders_place_and_checked(tmp_path
 def test_unknown_metric_names_raise():
     with pytest.raises(ValueError, match=r"eval\.metrics.*'lpipz'"):
         build_metrics(["psnr", "lpipz"], CPU)
+
+
+def test_lpips_and_dists_are_full_reference_lower_is_better_and_derived_names_keep_the_direction():
+    from coz_train.image_quality import base_metric, higher_is_better, is_full_reference, min_side
+
+    assert {"lpips", "dists"} <= set(METRIC_NAMES)
+    assert [is_full_reference(n) for n in ("lpips", "dists", "psnr", "ssim", "niqe")] == [True] * 4 + [False]
+    assert (min_side("ssim"), min_side("lpips"), min_side("niqe"), min_side("psnr")) == (11, 31, 96, 1)
+    assert not higher_is_better("lpips") and not higher_is_better("dists")
+    assert higher_is_better("consistency_psnr") and higher_is_better("projected_ssim")
+    assert not higher_is_better("consistency_lpips") and not higher_is_better("projected_dists")
+    assert base_metric("consistency_ssim") == "ssim" and base_metric("niqe") == "niqe"
+    with pytest.raises(KeyError, match="consistency_lpipz"):
+        higher_is_better("consistency_lpipz")
+
+
+def test_lpips_and_dists_without_weights_name_both_files_they_load(monkeypatch, empty_weight_caches):
+    pytest.importorskip("pyiqa")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    metrics, unavailable = build_metrics(["lpips", "dists"], CPU)
+    assert metrics == {}
+    hub = empty_weight_caches / "torch_hub" / "checkpoints"
+    for name, trunk, calibrated in [("lpips", "alexnet-owt-7be5be79.pth", "LPIPS_v0.1_alex-df73285e.pth"),
+                                    ("dists", "vgg16-397923af.pth", "DISTS_weights-f5e65c96.pth")]:
+        reason = unavailable[name]
+        assert str(hub / trunk) in reason and str(empty_weight_caches / "pyiqa" / calibrated) in reason, reason
+        assert f"--fetch-weights {name}`" in reason, reason
+
+
+def test_lpips_compares_an_image_with_its_reference_once_its_files_are_cached(empty_weight_caches, astronaut):
+    """The files pyiqa's LPIPS loads, written where weight_files says, with RANDOM weights (AlexNet from its config,
+    positive linear heads): no download happens, and the image and its reference both reach the network. The
+    values of a random network mean nothing; identity (0) and the size checks are what is tested."""
+    pytest.importorskip("pyiqa")
+    import torchvision
+
+    from coz_train.image_quality.offline import weight_files
+
+    trunk, calibrated = weight_files("lpips")
+    torch.manual_seed(0)
+    for file in (trunk, calibrated):
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), trunk.path)
+    heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate([64, 192, 384, 256, 256])}
+    torch.save(heads, calibrated.path)
+    metrics, unavailable = build_metrics(["lpips"], CPU)
+    assert unavailable == {}
+    lpips = metrics["lpips"]
+    assert lpips.full_reference and not lpips.higher_is_better
+    image = astronaut.resize((64, 64), Image.BICUBIC)
+    assert lpips(image, image) == 0.0
+    assert lpips(image.transpose(Image.FLIP_LEFT_RIGHT), image) > lpips(image.filter(ImageFilter.GaussianBlur(1)), image) > 0
+    with pytest.raises(ValueError, match="reference"):
+        lpips(image)
+    with pytest.raises(ValueError, match="differ in size"):
+        lpips(image, astronaut)
+    with pytest.raises(ValueError, match="31x31"):
+        lpips(image.resize((30, 30)), image.resize((30, 30)))

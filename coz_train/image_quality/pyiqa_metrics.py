@@ -1,5 +1,7 @@
-"""The no-reference metrics, through pyiqa: importing it and each metric's extra modules, building the
-metric, and scoring an image (NaN, with one warning, where a score is undefined for it)."""
+"""The metrics computed through pyiqa: the no-reference ones (NIQE, PIQE, BRISQUE, MUSIQ, MANIQA, CLIP-IQA)
+and the full-reference LPIPS and DISTS. Importing pyiqa and each metric's extra modules, building the
+metric once its files are in place (offline.py), and scoring an image, against its reference for the
+full-reference ones (NaN, with one warning, where a score is undefined for it)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from coz_train.image_quality.params import PARAMS, fetch_params
 log = logging.getLogger(__name__)
 
 PYIQA_INSTALL = "pip install pyiqa==0.1.16 --no-deps opencv-python-headless"
-NIQE_MIN_SIDE = 96  # NIQE works on 96x96 blocks
 
 _PIP_NAMES = {"cv2": "opencv-python-headless", "clip": "openai-clip", "pkg_resources": "'setuptools<81'"}
 
@@ -86,15 +87,22 @@ def _check_dependencies(name: str) -> None:
 _UNDEFINED = (torch.linalg.LinAlgError, AssertionError, ValueError, ZeroDivisionError, FloatingPointError)
 
 
-def _pyiqa_fn(model: torch.nn.Module, name: str, device: torch.device) -> Callable[..., float]:
+def _pyiqa_fn(model: torch.nn.Module, name: str, device: torch.device, full_reference: bool,
+              min_side: int) -> Callable[..., float]:
     warned: list[bool] = []
 
     def score(image: Image.Image, reference: Image.Image | None = None) -> float:
-        if name == "niqe" and min(image.size) < NIQE_MIN_SIDE:
-            raise ValueError(f"niqe needs images of at least {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} pixels, got {image.size}.")
+        if min(image.size) < min_side:
+            raise ValueError(f"{name} needs images of at least {min_side}x{min_side} pixels, got {image.size}.")
+        inputs = [to_tensor(image).to(device)]
+        if full_reference:
+            if reference is None or reference.size != image.size:
+                raise ValueError(f"{name}: image {image.size} and reference "
+                                 f"{None if reference is None else reference.size} differ in size.")
+            inputs.append(to_tensor(reference).to(device))
         try:
             with torch.inference_mode():
-                value = float(torch.as_tensor(model(to_tensor(image).to(device))).reshape(-1)[0])
+                value = float(torch.as_tensor(model(*inputs)).reshape(-1)[0])
         except _UNDEFINED as error:
             value, why = math.nan, f"{type(error).__name__}: {first_line(error)}"
         else:
@@ -117,8 +125,8 @@ def fetch_weights(name: str) -> list[str]:
 
 
 def build_pyiqa(name: str, pyiqa_name: str, higher_is_better: bool, device: torch.device,
-                is_offline: Callable[[], str | None]) -> Metric:
-    """The no-reference metric `name` (pyiqa's `pyiqa_name`), or MetricUnavailable with the reason.
+                is_offline: Callable[[], str | None], full_reference: bool = False, min_side: int = 1) -> Metric:
+    """The metric `name` (pyiqa's `pyiqa_name`), or MetricUnavailable with the reason.
 
     The files pyiqa will load are checked (and fetched, with the network) first, so that building it
     never downloads (offline.py)."""
@@ -145,4 +153,4 @@ def build_pyiqa(name: str, pyiqa_name: str, higher_is_better: bool, device: torc
         reason = f"could not be built: {type(error).__name__}: {first_line(error)}"
         raise MetricUnavailable("; ".join([*notes, reason])) from error
     model.eval()
-    return Metric(name, higher_is_better, False, _pyiqa_fn(model, name, device))
+    return Metric(name, higher_is_better, full_reference, _pyiqa_fn(model, name, device, full_reference, min_side))
