@@ -262,6 +262,25 @@ def test_logits_over_a_server_is_the_probability_of_1(tmp_path):
         assert httpd.requests[0]["logprobs"] is True and httpd.requests[0]["max_tokens"] == 1
 
 
+def test_the_critic_server_serves_the_judge_with_its_in_process_answers(
+    compose_cfg, tmp_path, tiny_section, tiny_backend
+):
+    from coz_train.critic_server.app import CriticServer
+
+    overrides = ["+experiment=smoke", "server.port=0", "server.token_env=COZ_TEST_UNSET_TOKEN"]
+    cfg = compose_cfg([*overrides, f"critic.name_or_path={tiny_section.name_or_path}"], tmp_path / "server")
+    items = pairs(3, seed=40)
+    here = load_judge(section_with(tiny_section, cache_dir=str(tmp_path / "here")), tmp_path, backend=tiny_backend)
+    server = CriticServer(cfg, critic=tiny_backend).start()
+    try:
+        # logits over a server: every token's logprob (-1, the critic server allows it), so "0" and "1" are in them
+        section = server_section(server.url, name_or_path=tiny_section.name_or_path, scoring="logits", top_logprobs=-1)
+        there = load_judge(section, tmp_path / "remote")
+        assert there.judge(items) == pytest.approx(here.judge(items), abs=1e-4)
+    finally:
+        server.stop()
+
+
 def test_an_all_unparsable_batch_is_an_error_and_nothing_is_cached(tmp_path):
     question = "Hallucinated? 1 or 0."
     with judge_server({question: ["yes", "no idea", "1"]}) as (httpd, url):
