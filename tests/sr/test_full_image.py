@@ -22,6 +22,7 @@ from coz_train.sr.full_image import (
     tile_grid,
     tile_starts,
 )
+from coz_train.sr.prompter import VLMPrompter
 from coz_train.tiny.sd3 import ensure_tiny_sd3, write_official_lora_files
 
 
@@ -197,6 +198,16 @@ def test_the_latent_path_steps_each_latent_tile_with_its_prompt_and_blends_as_th
 def test_latent_tiles_off_the_latent_grid_are_refused(osediff, start):
     with pytest.raises(ValueError, match=r"eval\.full_image\.tile_size=30 / tile_overlap=8.*multiples of 16"):
         full_image_chains([start], osediff, RecordingSource(), "full-vlm", 4, 1, 30, 8)
+
+
+def test_tile_prompts_have_their_own_length_limit_from_the_same_model(compose_cfg, tmp_path_factory):
+    policy = compose_cfg(["+experiment=smoke_eval"], tmp_path_factory.mktemp("run")).policy
+    prompter = VLMPrompter(policy, None, "cpu", max_new_tokens=8, do_sample=False, batch_size=2)
+    tiles = prompter.with_max_new_tokens(2)
+    assert tiles.model is prompter.model and prompter.max_new_tokens == 8  # nothing reloaded, nothing changed
+    views = [[Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]]
+    [short], [long] = tiles.prompts(views, use_adapter=False), prompter.prompts(views, use_adapter=False)
+    assert 0 < len(short) < len(long)  # a random tiny VLM writes up to the limit
 
 
 SMALL = [
