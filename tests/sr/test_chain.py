@@ -6,14 +6,20 @@ from PIL import Image
 from skimage import data as skdata
 
 from coz_train.data.zoom import start_state
+from coz_train.image_quality import psnr
 from coz_train.sr.backbones import load_backbone
 from coz_train.sr.chain import (
+    IN_PREVIOUS,
+    IN_START,
     centre_crop,
+    check_centre,
     check_geometry,
     onestep_chains,
     recursive_chains,
     reference_states,
     resample_chain,
+    step_boxes,
+    zoom_windows,
 )
 from coz_train.sr.colorfix import adain, apply_colorfix, wavelet
 from coz_train.sr.prompter import prompt_source
@@ -178,3 +184,71 @@ def test_colorfixes_transfer_colour_statistics():
     assert apply_colorfix("none", image, image) is image
     with pytest.raises(ValueError, match="eval.colorfix"):
         apply_colorfix("sepia", image, image)
+
+
+# A chosen zoom centre: (0.1, 0.9) of a 128 px start is the point (12.8, 115.2). Step 1's 32 px window around it,
+# clamped inside the start, is (0, 96, 32, 128); step 2's 8 px window around it, (8.8, 111.2) rounded to whole
+# start pixels, is (9, 111, 17, 119); step 3's 2 px window, (11.8, 114.2) rounded, is (12, 114, 14, 116).
+CORNER = (0.1, 0.9)
+CORNER_WINDOWS = [(0, 96, 32, 128), (9, 111, 17, 119), (12, 114, 14, 116)]
+
+
+def test_zoom_windows_follow_the_point_and_stay_nested_inside_the_start():
+    assert zoom_windows(128, 4, 3, CORNER) == CORNER_WINDOWS
+    assert zoom_windows(128, 4, 3) == zoom_windows(128, 4, 3, (0.5, 0.5)) == [(48, 48, 80, 80), (60, 60, 68, 68),
+                                                                             (63, 63, 65, 65)]
+    assert zoom_windows(128, 4, 3, (1.0, 0.0)) == [(96, 0, 128, 32), (120, 0, 128, 8), (126, 0, 128, 2)]
+    # each window in the previous state's pixels (state k-1 shows W_{k-1} at 128 px): the recursive chains' crops
+    assert step_boxes(CORNER_WINDOWS, 128, 4) == [(0, 96, 32, 128), (36, 60, 68, 92), (48, 48, 80, 80)]
+    assert step_boxes(zoom_windows(512, 4, 4), 512, 4) == [(192, 192, 320, 320)] * 4  # the official centre crops
+
+
+def test_a_resample_chain_zooms_into_the_chosen_windows_pixel_for_pixel(start):
+    chain = resample_chain(start, "nearest", 4, 3, zoom_windows(128, 4, 3, CORNER))
+    for k, window in enumerate(CORNER_WINDOWS, start=1):
+        assert same(chain.states[k], start.crop(window).resize((128, 128), Image.NEAREST))
+    assert chain.boxes == CORNER_WINDOWS and chain.boxes_in == IN_START
+    assert chain.windows() == [tuple(float(v) for v in w) for w in CORNER_WINDOWS]
+
+
+def test_every_method_zooms_into_the_same_region(start):
+    backbone, null = load_backbone("bicubic", {}, None), prompt_source("null", None, None)
+    windows = zoom_windows(128, 4, 3, CORNER)
+    resampled = resample_chain(start, "bicubic", 4, 3, windows)
+    [onestep] = onestep_chains([start], backbone, 4, 3, null, "onestep-null", windows=[windows])
+    [recursive] = recursive_chains([start], backbone, null, "recursive-null", 4, 3, boxes=[step_boxes(windows, 128, 4)])
+    expected = [tuple(float(v) for v in w) for w in CORNER_WINDOWS]
+    assert resampled.windows() == onestep.windows() == recursive.windows() == expected
+    assert recursive.boxes_in == IN_PREVIOUS and recursive.boxes == step_boxes(windows, 128, 4)
+    for k in range(1, 4):
+        assert same(onestep.states[k], resampled.states[k])  # the bicubic backbone on the same start crop
+        # the recursive chain bicubic-upscales 4x per step: the same region, a little smoother than one resize
+        assert psnr(recursive.states[k], resampled.states[k]) > 25
+        assert psnr(recursive.states[k], resample_chain(start, "bicubic", 4, 3).states[k]) < 20  # not the centre
+
+
+def test_reference_states_follow_the_windows():
+    original = Image.fromarray(skdata.retina()).resize((600, 600), Image.BICUBIC)
+    windows = zoom_windows(128, 4, 2, CORNER)
+    refs = reference_states(original, 128, 4, 2, windows)
+    assert refs[1] is None  # 600 px < 128 * 16
+    assert same(refs[0], start_state(original, 512).crop((0, 384, 128, 512)))  # W_1 = (0, 96, 32, 128), 4x larger
+    start = start_state(original, 128)
+    assert psnr(start.crop(windows[0]).resize((128, 128), Image.BICUBIC), refs[0]) > 25  # the same region
+
+
+@pytest.mark.parametrize("centre, message", [
+    ((1.2, 0.5), r"outside the image"),
+    ((0.5, float("nan")), r"outside the image"),
+    ((-0.1, 0.0), r"outside the image"),
+    ((0.5, 0.5, 0.5), r"\[x, y\]"),
+])
+def test_bad_zoom_centres_are_refused_naming_where(centre, message):
+    with pytest.raises(ValueError, match=rf"eval\.zoom_centre: .*{message}"):
+        check_centre(centre, "eval.zoom_centre")
+
+
+def test_geometry_whose_windows_are_not_whole_pixels_is_refused():
+    check_geometry(192, 4, 3)  # the last window is 3 start pixels
+    with pytest.raises(ValueError, match=r"multiple of 64"):
+        check_geometry(96, 4, 3)  # 1.5 px
