@@ -24,7 +24,8 @@ state, P x P; s = the backbone's scale; P = process_size):
      by the backbone's own `upscale`, the output tiles blended in pixel space and rounded to 8 bits.
 State k is the whole image at P * s^k px. So that a table column compares like with like, the
 chain's `states[k]` is the window of the whole state that the other methods' state k shows (the
-start's centre P/s^k, at P x P); the whole states are `whole[k]`. Where this differs from the
+start's window W_k, the centre P/s^k by default, at P x P; `Chain.boxes` holds W_k, in the start);
+the whole states are `whole[k]`. Where this differs from the
 official script: docs/full-image.md.
 """
 
@@ -42,7 +43,7 @@ from PIL import Image
 
 from coz_train.data.zoom import Box
 from coz_train.sr.backbones.base import LatentSRBackbone, SRBackbone
-from coz_train.sr.chain import Chain, PromptSource
+from coz_train.sr.chain import IN_START, Chain, PromptSource, zoom_windows
 
 GAUSSIAN_VAR = 0.01  # the official `_make_gaussian`: a std of 0.1 tile side
 
@@ -201,16 +202,6 @@ def pixel_step(
     return Image.fromarray(pixels.permute(1, 2, 0).numpy())
 
 
-def centre_windows(size: int, scale: int, steps: int) -> list[Box]:
-    """The other methods' state k shows the start's centre size/scale^k (`chain.centre_crop`), for k = 1..steps."""
-    windows = []
-    for k in range(1, steps + 1):
-        side = size // scale**k
-        left = (size - side) // 2
-        windows.append((left, left, left + side, left + side))
-    return windows
-
-
 def _nearest_tile(boxes: Sequence[Box], point: tuple[float, float]) -> int:
     centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
     return min(range(len(boxes)), key=lambda i: (centres[i][0] - point[0]) ** 2 + (centres[i][1] - point[1]) ** 2)
@@ -229,16 +220,17 @@ def full_image_chains(
     decode_shift: bool = False,
     windows: Sequence[Sequence[Box]] | None = None,
 ) -> list[FullImageChain]:
-    """The full-image chain of every start. `windows[i][k-1]`: the region of start i that states[k] shows
-    (default: the centre, as every other method); `decode_shift`: a latent backbone adds its VAE shift back."""
+    """The full-image chain of every start. `windows[i][k-1]`: the region of start i that states[k] shows, in the
+    start's px (default: the centre, `zoom_windows`, as every other method), recorded as the chain's boxes;
+    `decode_shift`: a latent backbone adds its VAE shift factor back."""
     if scale != backbone.scale:
         raise ValueError(f"{method} needs eval.scale ({scale}) equal to the backbone's scale ({backbone.scale}).")
     latent = isinstance(backbone, LatentSRBackbone)
     chains = []
     for i, start in enumerate(starts):
         size = start.width
-        chain = FullImageChain(method, [start], whole=[start])
-        shown = list(windows[i])[:steps] if windows is not None else centre_windows(size, scale, steps)
+        shown = list(windows[i])[:steps] if windows is not None else zoom_windows(size, scale, steps)
+        chain = FullImageChain(method, [start], boxes=shown, boxes_in=IN_START, whole=[start])
         for k, window in enumerate(shown, start=1):
             state = chain.whole[-1]
             boxes = tile_grid(state.width, state.height, tile_size, tile_overlap)

@@ -14,6 +14,7 @@ from skimage import data as skdata
 from coz_train.data.zoom import start_state
 from coz_train.eval.run import check_eval_config, evaluate
 from coz_train.sr.backbones import load_backbone
+from coz_train.sr.chain import zoom_windows
 from coz_train.sr.full_image import (
     GaussianBlender,
     blended_latents,
@@ -115,6 +116,13 @@ def test_a_nearest_backbone_gives_the_whole_image_upscale_exactly(start):
     assert [s.size for s in chain.states] == [(64, 64)] * 3
     assert np.array_equal(px(chain.states[1]), px(start.crop((24, 24, 40, 40)).resize((64, 64), Image.NEAREST)))
     assert np.array_equal(px(chain.states[2]), px(start.crop((30, 30, 34, 34)).resize((64, 64), Image.NEAREST)))
+    assert chain.boxes == zoom_windows(64, 4, 2) and chain.windows() == [(24, 24, 40, 40), (30, 30, 34, 34)]
+    # a chosen zoom point: the states show the windows every other method zooms into
+    windows = zoom_windows(64, 4, 2, (0.2, 0.7))
+    [moved] = full_image_chains([start], backbone, RecordingSource(), "full-null", 4, 2, 16, 4, windows=[windows])
+    assert moved.boxes == windows and windows[0] != (24, 24, 40, 40)
+    for state, window in zip(moved.states[1:], windows, strict=True):
+        assert np.array_equal(px(state), px(start.crop(window).resize((64, 64), Image.NEAREST)))
 
 
 def test_a_bicubic_backbone_matches_the_whole_image_upscale_away_from_the_seams(start):
