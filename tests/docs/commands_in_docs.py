@@ -10,7 +10,8 @@ Placeholders, and what the checks make of them (compose-only: Hydra composes a c
 so `/data/LSDIR` or `outputs/grpo_qwen/<time>/adapter` is just a string):
 - `<...>` inside an argument stands for something the reader supplies; it is replaced by a plain word
   (`PLACEHOLDER`), since Hydra's override grammar (and the shell) would read `<` as syntax;
-- an argument `...` means "the arguments above"; it is dropped;
+- an argument `...` means "the arguments above", an argument that is only a placeholder (`<overrides>`, `<run>`)
+  arguments or a folder the reader supplies; both are dropped (folders are not checked);
 - `[--flag value]` in square brackets is an optional argument written in usage style; the brackets are dropped.
 """
 
@@ -103,7 +104,7 @@ def _command(tokens: list[str], source: str, text: str) -> DocCommand | None:
         return None
     args = []
     for arg in rest:
-        if arg == "...":
+        if arg in ("...", "PLACEHOLDER"):  # "the arguments above", or arguments the reader supplies (<overrides>)
             continue
         arg = arg[1:] if arg.startswith("[-") else arg  # usage style: [--max-tiles 6]
         arg = arg[:-1] if arg.endswith("]") and "[" not in arg else arg
@@ -135,5 +136,12 @@ def commands_in(path: Path) -> list[DocCommand]:
 
 
 def documentation_files() -> list[Path]:
-    """The README and every hand-written page of the site (the generated reference is not in docs/)."""
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    """The README, every hand-written page of the site (the generated reference is not in docs/), the run cards
+    and CONTRIBUTING.md: the pages a reader copies commands from. (slurm/README.md writes its array task's
+    arguments symbolically, `data.shard=i`: not a command to copy.)"""
+    return [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        *sorted((REPO / "docs").glob("*.md")),
+        *sorted((REPO / "recipes").glob("*.md")),
+    ]
