@@ -71,6 +71,7 @@ def trl_grpo_help() -> dict[str, str]:
     return {f.name: " ".join(str(f.metadata.get("help", "")).split()) for f in dataclasses.fields(GRPOConfig)}
 
 
+@cache
 def derived_help() -> dict[str, Callable[[str], str]]:
     """Help of the sections built at import time, by class name: where their fields' help comes from."""
     from coz_train.config import BackboneSection
