@@ -41,7 +41,7 @@ def draw_figure(comparisons: list[Comparison], groups: list[Group]) -> Figure:
     metrics = list(dict.fromkeys(c.pair.metric for c in comparisons))
     rows = [sum(c.pair.metric == m for c in comparisons) for m in metrics]
     fig, axes = plt.subplots(len(metrics), 1, squeeze=False, height_ratios=rows,
-                             figsize=(8.5, 1.2 + ROW_INCHES * sum(rows) + 0.9 * len(metrics)))
+                             figsize=(8.5, 0.9 + ROW_INCHES * sum(rows) + 0.9 * len(metrics)))
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
         shown = [c for c in comparisons if c.pair.metric == metric]
         for y, c in enumerate(shown):
@@ -64,7 +64,7 @@ def draw_figure(comparisons: list[Comparison], groups: list[Group]) -> Figure:
     handles = [plt.Line2D([], [], color=colour, marker="o", lw=1.6, label=verdict) for verdict, colour in COLOURS.items()]
     handles.append(plt.Line2D([], [], color="black", marker="o", mfc="none", lw=0, label="a seed replicate"))
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
     return fig
 
 

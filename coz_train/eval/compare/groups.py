@@ -115,7 +115,7 @@ def _group_name(runs: list[EvalRun], first: Identity) -> str:
     if first.label != runs[0].name:
         return first.label
     shared = os.path.commonprefix([run.name for run in runs]).rstrip("-_./ ")
-    return shared if len(shared) >= 3 else f"{runs[0].name}+{len(runs) - 1}"
+    return shared if len(shared) >= 3 else f"{runs[0].name} (+{len(runs) - 1})"
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -105,6 +105,10 @@ def plan_pairs(groups: list[Group], baseline: str | None, methods: list[str] | N
         if base is None:
             raise ValueError(f"--baseline {baseline!r} is neither a method of the runs ({every_method}) nor a group "
                              f"({[g.name for g in groups]}) nor one of the run folders given.")
+        if len(groups) == 1:
+            raise ValueError(f"--baseline {baseline!r}: every run is in its group {base.name!r} (they differ only in a "
+                             "seed), so there is no other group to compare with it: --no-seed-groups compares the "
+                             "runs one by one, --group name=run,... groups them by hand.")
         for group in groups:
             if group is not base:
                 sides += _group_pairs(group, base, methods)

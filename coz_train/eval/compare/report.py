@@ -72,10 +72,12 @@ def _runs_section(groups: list[Group]) -> list[str]:
     return lines + [""]
 
 
-def _protocol_section(runs: list[EvalRun], images: list[str]) -> list[str]:
+def _protocol_section(runs: list[EvalRun], images: list[str], ignored: tuple[str, ...]) -> list[str]:
     shown = protocol_summary(runs[0])
-    lines = ["## Protocol", "", f"{len(images)} images common to every run ({images[0]} ... {images[-1]}); every run "
-             "has the same values of the keys that change results (but what is compared).", ""]
+    accepted = f" Differences accepted with --ignore-key: {', '.join(ignored)}." if ignored else ""
+    lines = ["## Protocol", "", f"{len(images)} images common to every run ({images[0]} ... {images[-1]}). Every run "
+             "has the same values of the config keys that change results, but for those that say what is compared "
+             f"(the adapter, the prompt VLM, the methods, the seeds).{accepted} The first run's:", ""]
     lines += [f"- {k}: `{v}`" for k, v in shown.items()]
     return lines + [""]
 
@@ -110,7 +112,7 @@ METHOD = """## How to read this
 
 
 def markdown(comparisons: list[Comparison], groups: list[Group], runs: list[EvalRun], images: list[str],
-             alpha: float, n_boot: int, seed: int) -> str:
+             alpha: float, n_boot: int, seed: int, ignored: tuple[str, ...] = ()) -> str:
     counts = Counter(c.verdict for c in comparisons)
     summary = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
     lines = ["# Comparison of eval runs", "",
@@ -123,7 +125,7 @@ def markdown(comparisons: list[Comparison], groups: list[Group], runs: list[Eval
     if dependent:
         lines += ["", "## Seed-dependent (significant on the pooled images, not a verdict)", ""]
         lines += [f"- {verdict_line(c, groups)}" for c in dependent]
-    lines += ["", *_runs_section(groups), *_protocol_section(runs, images), "## Tables", ""]
+    lines += ["", *_runs_section(groups), *_protocol_section(runs, images, ignored), "## Tables", ""]
     for metric in dict.fromkeys(c.pair.metric for c in comparisons):
         rows = [c for c in comparisons if c.pair.metric == metric]
         direction = "higher" if rows[0].higher_is_better else "lower"
@@ -143,10 +145,11 @@ def csv_rows(comparisons: list[Comparison], groups: list[Group]) -> list[dict[st
 
 
 def write_report(out: Path, comparisons: list[Comparison], groups: list[Group], runs: list[EvalRun],
-                 images: list[str], alpha: float, n_boot: int, seed: int) -> dict[str, Path]:
+                 images: list[str], alpha: float, n_boot: int, seed: int,
+                 ignored: tuple[str, ...] = ()) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in FILES}
-    paths["compare.md"].write_text(markdown(comparisons, groups, runs, images, alpha, n_boot, seed))
+    paths["compare.md"].write_text(markdown(comparisons, groups, runs, images, alpha, n_boot, seed, ignored))
     with paths["compare.csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()

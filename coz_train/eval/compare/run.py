@@ -102,7 +102,7 @@ def compare(o: Options) -> Path:
         raise ValueError("None of the chosen methods has scores of the chosen metrics and scales in every run.")
     comparisons = compare_all(pairs, images, o.n_boot, o.seed, o.alpha)
     out = o.out or Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    paths = write_report(Path(out), comparisons, groups, runs, images, o.alpha, o.n_boot, o.seed)
+    paths = write_report(Path(out), comparisons, groups, runs, images, o.alpha, o.n_boot, o.seed, o.ignore_keys)
     counts = Counter(c.verdict for c in comparisons)
     log.info("%d comparisons on %d images: %s. %s", len(comparisons), len(images),
              ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v]), paths["compare.md"].resolve())

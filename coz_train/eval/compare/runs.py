@@ -157,4 +157,5 @@ def common_images(runs: list[EvalRun], min_images: int) -> list[str]:
 def protocol_summary(run: EvalRun) -> dict[str, Any]:
     """The protocol keys a reader wants to see first."""
     keys = result_keys(run.config)
-    return {k: keys[k] for k in SHOWN_KEYS if k in keys}
+    shown = [k for k in SHOWN_KEYS if not (k == "eval.shipped_images" and keys.get("eval.image_dir"))]
+    return {k: keys[k] for k in shown if k in keys}
