@@ -33,7 +33,9 @@ def test_a_run_folder_is_read_with_every_image_and_score(smoke_run, tmp_path):
 
 
 def record(compose_cfg, tmp_path: Path, name: str, *overrides: str) -> EvalRun:
-    cfg = compose_cfg(["+experiment=smoke_eval", *overrides], tmp_path / name)
+    """What eval_record.json would hold for these overrides (+experiment=smoke_eval unless they name another)."""
+    experiment = [] if any(o.startswith("+experiment=") for o in overrides) else ["+experiment=smoke_eval"]
+    cfg = compose_cfg([*experiment, *overrides], tmp_path / name)
     return EvalRun(tmp_path / name, OmegaConf.to_container(cfg, resolve=True), {}, ("0001",), name)
 
 
@@ -61,3 +63,18 @@ def test_names_are_made_unique_and_too_few_common_images_are_refused(tmp_path):
     with pytest.raises(TooFewImagesError, match=r"Only 2 images are common to all runs \(a/run: 3, b/run: 3\) "
                                                 r"\(e\.g\. '01' is missing from b/run\).*--min-images=3"):
         common_images(runs, 3)
+
+
+def test_a_protocol_preset_fixes_everything_but_what_is_compared(compose_cfg, tmp_path):
+    given = ["eval.image_dir=/data/DIV2K_valid_HR", "eval.backbone.lora_dir=/models/osediff_sd3"]
+    released = record(compose_cfg, tmp_path, "released", "+experiment=protocol_div2k_valid", *given,
+                      "eval.adapter=/ckpt/VLM_LoRA/checkpoint-10000")
+    mine = record(compose_cfg, tmp_path, "mine", "+experiment=protocol_div2k_valid", *given,
+                  "eval.adapter=outputs/grpo_qwen/run/adapter", "seed=1")
+    check_protocol([released, mine])
+    ev = released.config["eval"]
+    assert (ev["process_size"], ev["scale"], ev["steps"], ev["max_new_tokens"], ev["do_sample"]) == (512, 4, 4, 32, False)
+    assert ev["metrics"] == ["niqe", "musiq", "maniqa", "clipiqa"] and ev["backbone"]["name"] == "osediff_sd3"
+    paper = record(compose_cfg, tmp_path, "paper", "+experiment=protocol_paper", *given)
+    assert paper.config["eval"]["metrics"] == ev["metrics"] and paper.config["eval"]["steps"] == 4
+    check_protocol([paper, released])  # the paper's methods are more, on other images: the same settings
