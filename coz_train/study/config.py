@@ -36,23 +36,25 @@ class ChecksSection:
 class TextsSection:
     """What raters read. Plain text; the 1-5 labels are ITU-T P.910's (5 Excellent ... 1 Bad)."""
 
-    title: str = MISSING
-    welcome: str = MISSING
-    image_question: str = MISSING
-    text_question: str = MISSING
-    pair_image_question: str = MISSING
-    pair_text_question: str = MISSING
-    image_instructions: str = MISSING
-    text_instructions: str = MISSING
-    pair_instructions: str = MISSING
+    title: str = MISSING  # the page title and heading of every rating page
+    welcome: str = MISSING  # the first page a rater sees (what the study is, how long it takes)
+    image_question: str = MISSING  # mos mode, image test: the question above each image
+    text_question: str = MISSING  # mos mode, text test: the question above each image and its prompt
+    pair_image_question: str = MISSING  # pair mode, image test: the question above the two images
+    pair_text_question: str = MISSING  # pair mode, text test: the question above the two prompts
+    image_instructions: str = MISSING  # shown once before the image test block
+    text_instructions: str = MISSING  # shown once before the text test block
+    pair_instructions: str = MISSING  # shown once before a pair-mode block
     anchor_high: str = MISSING  # caption of the high anchor (the input photograph itself)
     anchor_low: str = MISSING  # caption of the low anchor (the input's pixels at the largest zoom, as blocks)
     anchor_text_low: str = MISSING  # caption of the text anchor (a text written for another image)
-    done: str = MISSING
+    done: str = MISSING  # the last page, after the rater's final answer is stored
 
 
 @dataclass
 class StudySection:
+    """`build`: what the study holds (tests, conditions, images, scales), who rates it and in which order."""
+
     name: str = MISSING  # the study's name; the folder is `dir`
     dir: str = MISSING  # where `build` writes the study folder
     tests: list[str] = field(default_factory=lambda: ["image", "text"])  # image | text
@@ -77,7 +79,7 @@ class StudyServerSection:
     """`serve`: the rating web app (uvicorn)."""
 
     host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = 8765
+    port: int = 8765  # the TCP port the app listens on
     base_url: str | None = None  # the public URL behind a reverse proxy, e.g. https://lab.example.org/coz-study
     max_body_bytes: int = 4096  # larger request bodies are refused (413); an answer is ~100 bytes
     access_log: bool = False  # uvicorn's access log prints URLs, and URLs hold rater tokens
@@ -85,14 +87,18 @@ class StudyServerSection:
 
 @dataclass
 class InviteSection:
+    """`invite`: more raters for a built study."""
+
     raters: int = 1  # `invite`: new raters, each with a token and a task list
 
 
 @dataclass
 class AnalyzeSection:
+    """`analyze`: MOS with intervals, paired tests, screening and agreement, written to `out`."""
+
     drop_flagged: bool = True  # raters flagged by screening are dropped from the MOS (both are reported)
     n_boot: int = 2000  # bootstrap resamples (over raters and items) for the 95% intervals
-    seed: int = 0
+    seed: int = 0  # the bootstrap's random seed (the same seed gives the same intervals)
     out: str | None = None  # None: <study>/results
 
 
@@ -100,14 +106,16 @@ class AnalyzeSection:
 class StudyLoggingSection:
     """wandb for `analyze`, read as the training runs' `logging` section is (`coz_train.wandb_setup`)."""
 
-    wandb: bool = False
-    project: str = "coz_train"
+    wandb: bool = False  # log the study's results (tables and figure) to wandb
+    project: str = "coz_train"  # the wandb project
     run_name: str | None = None  # default: <experiment_name>-<study name>
     mode: str = "auto"  # auto (offline without credentials) | online | offline | disabled
 
 
 @dataclass
 class StudyConfig:
+    """The human study (`python -m coz_train.study build|serve|invite|analyze`, `conf/study.yaml`)."""
+
     study: StudySection = field(default_factory=StudySection)
     server: StudyServerSection = field(default_factory=StudyServerSection)
     invite: InviteSection = field(default_factory=InviteSection)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import importlib
 import re
 import textwrap
+
+import pytest
 
 from coz_train.docs_reference import pages
 from coz_train.docs_reference.commands import argparse_help, commands
@@ -25,13 +28,13 @@ def schema_keys(schema: type, prefix: str = "") -> set[str]:
     return keys
 
 
-def test_every_training_config_key_and_section_has_a_help_text():
-    from coz_train.config import CozTrainConfig
-
-    found = sections(CozTrainConfig)
-    assert {k.path for s in found for k in s.keys} == schema_keys(CozTrainConfig)
+@pytest.mark.parametrize("module, name", [("coz_train.config", "CozTrainConfig"), ("coz_train.study.config", "StudyConfig")])
+def test_every_config_key_and_section_has_a_help_text(module, name):
+    schema = getattr(importlib.import_module(module), name)
+    found = sections(schema)
+    assert {k.path for s in found for k in s.keys} == schema_keys(schema)
     missing = [k.path for s in found for k in s.keys if not k.help]
-    assert not missing, f"fields without a trailing `# comment` in coz_train/config.py: {missing}"
+    assert not missing, f"fields without a trailing `# comment` in {module.replace('.', '/')}.py: {missing}"
     assert not [s.path for s in found if not s.doc], "sections without a docstring (or a comment on their field)"
 
 

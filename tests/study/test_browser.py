@@ -3,7 +3,7 @@
 Debian's chromium through Playwright (`chromium` fixture; COZ_TRAIN_CHROMIUM, set by .ci/run, turns a
 missing browser into a failure). Each simulated rater decides its answer per task from a hash, records
 what it gave, and the database must then hold exactly those answers. With COZ_TRAIN_STUDY_SCREENSHOT set,
-the rating page is saved there (the README's docs/figures/study_rating_page.png is made so).
+the rating page is saved there (docs/figures/study_rating_page.png, shown in docs/study.md, is made so).
 """
 
 from __future__ import annotations

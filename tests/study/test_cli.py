@@ -148,7 +148,7 @@ def test_analyze_reads_every_answer_from_the_store_and_writes_the_results(make_s
     assert primary == {"screened"}  # analyze.drop_flagged=true: flagged raters dropped
     assert any(r["section"] == "screening" and r["condition"] == "r06" for r in rows)
     assert "50 two-way bootstrap" in (out / "results.md").read_text()
-    if os.environ.get("COZ_TRAIN_STUDY_FIGURE"):  # the README's docs/figures/study_results.png
+    if os.environ.get("COZ_TRAIN_STUDY_FIGURE"):  # docs/figures/study_results.png, shown in docs/study.md
         shutil.copyfile(out / "results.png", os.environ["COZ_TRAIN_STUDY_FIGURE"])
     mos = {(r["test"], r["condition"]): float(r["estimate"]) for r in rows
            if r["section"] == "mos" and r["primary"] == "1"}

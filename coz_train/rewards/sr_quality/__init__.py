@@ -29,7 +29,7 @@ data.single_image_prompt=true (no previous state to crop). The backbone and the 
 `rewards/sr_quality/mean` and `/std`: `sr_quality/iqa`, `sr_quality/<metric>` (the raw value), with the
 options `sr_quality/reference`, `sr_quality/reference_error`, `sr_quality/critic`, and
 `sr_quality/undefined`, `sr_quality/backbone_s`, `sr_quality/metric_s` (seconds per reward call).
-Its cost: `python -m coz_train.rewards.sr_quality.bench` (the README's reward section has the numbers).
+Its cost: `python -m coz_train.rewards.sr_quality.bench` (docs/sr_quality.md, "Cost", has the numbers).
 """
 
 from coz_train.rewards.sr_quality.reward import SRQualityReward, build_sr_quality_reward, frozen_backbone, load_metric

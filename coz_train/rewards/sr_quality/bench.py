@@ -12,7 +12,7 @@ split into the backbone and the metric as the reward logs them (`sr_quality/back
 `--flops` counts, with torch's FlopCounterMode on the meta device (no weights, no memory), the floating-point
 operations of one OSEDiff-SD3 candidate at that output size: CLIP-L, CLIP-G and T5-XXL (512 tokens) on the prompt,
 the VAE encoder, one MMDiT pass, the VAE decoder, built from SD3-medium's published component configurations. A GPU
-time is an estimate from these counts and the GPU's peak rates (README, "SR-quality reward").
+time is an estimate from these counts and the GPU's peak rates (docs/sr_quality.md, "Cost").
 """
 
 from __future__ import annotations
