@@ -84,7 +84,7 @@ def rewards() -> list[RewardInfo]:
     values = yaml.safe_load(path.read_text()) or {}
     out = []
     for name in registry.registered():
-        spec = registry._REGISTRY[name]  # the registry keeps its specs private; read-only here
+        spec = registry.reward_spec(name)
         given = values.get(name) or {}
         params = [Param(p, given.get(p), comments.get(f"{name}.{p}", "")) for p in ("weight", *sorted(spec.params))]
         out.append(RewardInfo(name, _reward_doc(spec.build), tuple(params)))

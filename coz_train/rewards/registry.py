@@ -69,6 +69,13 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def reward_spec(name: str) -> RewardSpec:
+    """The registration of reward `name`: its accepted parameters, builder and check (read-only)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"rewards.{name}: no such reward; registered rewards are {registered()}.")
+    return _REGISTRY[name]
+
+
 class NamedReward:
     """A reward function with its parameters bound, logged by TRL under `name`.
 
