@@ -349,6 +349,9 @@ class EvalConfig:
     max_image_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
     # niqe | piqe | brisque | musiq | maniqa | clipiqa (no reference) | psnr | ssim (where the original has the pixels)
     metrics: list[str] = field(default_factory=lambda: ["niqe", "piqe", "brisque", "musiq", "maniqa", "clipiqa", "psnr", "ssim"])
+    consistency_metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim"])  # full-reference metrics (psnr, ssim, lpips, dists) of each state downsampled against the crop it was made from (results consistency_<m>) and of the deepest state against the last ground truth (projected_<m>); [] = off (docs/consistency.md)
+    zoom_centre: list[float] | None = None  # [x, y]: every method zooms into this point of each image, as fractions 0..1 of the start state (0, 0 = top left); null = the image centre (docs/consistency.md)
+    zoom_centres: str | None = None  # a CSV (header image,x,y) or JSON ({"<image>": [x, y]}) file of per-image zoom centres, overriding zoom_centre for the images it names (docs/consistency.md)
     device: str = "auto"  # auto (this rank's GPU, else cpu) | cpu | cuda:N
     batch_size: int = 4  # images per backbone / VLM call
     figures: bool = True  # write each image's chains.png (all methods side by side, prompts under each step)

@@ -1,4 +1,5 @@
-"""Figures: each sample's zoom chains side by side, and each metric against zoom scale."""
+"""Figures: each sample's zoom chains side by side (each state framing the window the next step zooms into),
+and each metric against zoom scale."""
 
 from __future__ import annotations
 
@@ -10,23 +11,50 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from coz_train.eval.tables import Row  # noqa: E402
 from coz_train.printable import printable  # noqa: E402
-from coz_train.sr.chain import Chain  # noqa: E402
+from coz_train.sr.chain import IN_PREVIOUS, Chain  # noqa: E402
+
+WINDOW_COLOUR = "#ff3030"
+
+
+def next_windows(chain: Chain) -> list[tuple[float, float, float, float]]:
+    """For k = 1..N, the window step k zoomed into, in the pixels of state k-1 (the state it is drawn on)."""
+    if chain.boxes_in == IN_PREVIOUS:
+        return [tuple(float(v) for v in box) for box in chain.boxes]  # type: ignore[misc]
+    size = chain.states[0].width
+    previous, boxes = (0.0, 0.0, float(size), float(size)), []
+    for window in chain.windows():
+        unit = size / (previous[2] - previous[0])  # state k-1 pixels per start pixel
+        boxes.append(tuple((v - previous[i % 2]) * unit for i, v in enumerate(window)))
+        previous = window
+    return boxes  # type: ignore[return-value]
+
+
+def draw_window(ax: plt.Axes, box: tuple[float, float, float, float]) -> None:
+    """The window as a rectangle on the pixel edges (imshow puts pixel centres on whole numbers)."""
+    left, top, right, bottom = box
+    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=WINDOW_COLOUR,
+                           linewidth=1.0))
 
 
 def draw_chains(chains: list[Chain], scale: int) -> Figure:
     """Rows = methods, columns = the start and every zoom step, the step's prompt under it (control characters
-    escaped: `coz_train.printable`)."""
+    escaped: `coz_train.printable`); on each state a rectangle frames the window the next step zoomed into
+    (`Chain.boxes`; none for a chain that records no windows)."""
     steps = max(len(chain.states) for chain in chains) - 1  # a `full` chain may have fewer steps: blank cells
     fig, axes = plt.subplots(len(chains), steps + 1, figsize=(2.2 * (steps + 1), 2.6 * len(chains)), squeeze=False)
     for row, chain in enumerate(chains):
+        windows = next_windows(chain) if chain.boxes else []
         for col, state in enumerate(chain.states):
             ax = axes[row][col]
             ax.imshow(state)
             ax.set_xticks([])
             ax.set_yticks([])
+            if col < len(windows):
+                draw_window(ax, windows[col])
             if col == 0:
                 ax.set_ylabel(chain.method, fontsize=8)
             elif chain.prompts[col - 1]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from coz_train.eval.images import zoom_centres
 from coz_train.eval.judge.checks import check_judge
 from coz_train.sr.backbones import registered_backbones
 from coz_train.sr.chain import METHODS, PROMPTED_METHODS, check_geometry
@@ -65,6 +66,28 @@ def zoom_scales(ev: DictConfig) -> list[int]:
     return [ev.scale**k for k in range(1, ev.steps + 1)]
 
 
+def check_consistency_metrics(ev: DictConfig) -> None:
+    """eval.consistency_metrics: registered full-reference metrics that fit the P/scale px they compare at."""
+    from coz_train.image_quality import METRIC_NAMES, is_full_reference, min_side
+
+    names = list(ev.consistency_metrics)
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"eval.consistency_metrics: unknown metric(s) {unknown}; give full-reference ones "
+                         f"({[n for n in METRIC_NAMES if is_full_reference(n)]}) or [] for none.")
+    no_reference = [name for name in names if not is_full_reference(name)]
+    if no_reference:
+        raise ValueError(f"eval.consistency_metrics: {no_reference} are no-reference metrics; consistency compares "
+                         f"a state with its source: give full-reference ones "
+                         f"({[n for n in METRIC_NAMES if is_full_reference(n)]}) or [] for none.")
+    side = ev.process_size // ev.scale
+    small = {name: min_side(name) for name in names if min_side(name) > side}
+    if small:
+        raise ValueError(f"eval.consistency_metrics: {list(small)} need at least {max(small.values())} px, but the "
+                         f"states are compared at eval.process_size / eval.scale = {side} px: raise eval.process_size "
+                         "or drop them.")
+
+
 def check_eval_config(cfg: DictConfig) -> None:
     ev = cfg.eval
     unknown = [m for m in ev.methods if m not in METHODS]
@@ -97,4 +120,7 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise FileNotFoundError(f"eval.image_dir='{ev.image_dir}' is not a folder of images.")
     if not ev.image_dir and not ev.shipped_images:
         raise ValueError("No eval images: set eval.image_dir=<folder> (DIV2K / DIV8K train in the paper).")
+    check_consistency_metrics(ev)
+    if ev.zoom_centres or ev.zoom_centre is not None:
+        zoom_centres(ev)  # the file read and every entry checked (names, 0..1)
     check_judge(ev.get("judge"))  # eval.judge: its model found (or its server's URL well formed), nothing loaded

@@ -15,11 +15,14 @@ killed one) is made again. The tables are computed from the scores alone (`merge
 A run folder holds the results of one eval config: `eval_record.json` keeps the config, and a
 later run (a restart, another shard) whose config differs in a key that changes the results stops
 with the keys named, instead of mixing two configs in one table. Keys that only say how the run
-is done (RUN_ONLY_KEYS) may differ; `eval.max_images` may grow, so a run can be extended.
+is done (RUN_ONLY_KEYS) may differ; `eval.max_images` may grow, so a run can be extended. A file the
+results depend on (INPUT_FILES: the `eval.zoom_centres` file) is compared by its sha256, so editing it
+between two runs into one folder is refused as well.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +38,7 @@ RECORD = "eval_record.json"
 SCORES = "scores.json"
 RECORD_FORMAT = 1
 RUN_ONLY_KEYS = ("shard", "num_shards", "max_images", "figures", "device", "batch_size")
+INPUT_FILES = ("zoom_centres",)  # eval keys naming a file whose content changes the results
 
 Score = tuple[str, int, str, float]  # method, scale, metric, value
 
@@ -129,14 +133,26 @@ def result_keys(config: dict[str, Any]) -> dict[str, Any]:
     return _flat(_results_config(config))
 
 
+def _input_files(config: dict[str, Any]) -> dict[str, str]:
+    """`eval.<key> (sha256)` -> the sha256 of each INPUT_FILES file the config names ("missing" if it is not there)."""
+    digests = {}
+    for key in INPUT_FILES:
+        if config["eval"].get(key):
+            path = Path(config["eval"][key]).expanduser()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+            digests[f"eval.{key} (sha256)"] = digest
+    return digests
+
+
 def check_record(out: Path, cfg: DictConfig) -> None:
     """Stop when the run folder's record was made with a config that gives other results."""
     path = out / RECORD
     if not path.is_file():
         return
     stored = json.loads(path.read_text())
-    old = result_keys(stored["config"])
-    new = result_keys(OmegaConf.to_container(cfg, resolve=True))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    old = {**result_keys(stored["config"]), **stored.get("input_files", {})}
+    new = {**result_keys(config), **_input_files(config)}
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
@@ -150,7 +166,8 @@ def open_record(out: Path, cfg: DictConfig) -> None:
     """Check the run folder's record against this config (or start one), then store this config."""
     check_record(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / RECORD, {"format": RECORD_FORMAT, "config": OmegaConf.to_container(cfg, resolve=True)})
+    config = OmegaConf.to_container(cfg, resolve=True)
+    _write_json_atomic(out / RECORD, {"format": RECORD_FORMAT, "config": config, "input_files": _input_files(config)})
 
 
 def recorded_config(out: Path) -> DictConfig:

@@ -73,3 +73,17 @@ def test_a_run_folder_keeps_one_config(make_config, caplog):
     with pytest.raises(RecordMismatchError, match=r"eval\.metrics: \['piqe', 'psnr'\] -> \['piqe'\].*hydra\.run\.dir"):
         evaluate(changed)
     assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["astronaut", "coffee"]
+
+
+def test_a_rerun_with_another_zoom_centre_or_an_edited_centre_file_is_refused(make_config, tmp_path):
+    centres = tmp_path / "centres.csv"
+    centres.write_text("image,x,y\nastronaut,0.2,0.3\n")
+    base = [*CHEAP, "eval.max_images=1", "eval.methods=[bicubic]", f"eval.zoom_centres={centres}"]
+    out = evaluate(make_config(*base, "eval.zoom_centre=[0.4,0.6]"))
+    evaluate(make_config(*base, "eval.zoom_centre=[0.4,0.6]", "eval.max_images=2"))  # the same centres: extended
+    with pytest.raises(RecordMismatchError, match=r"eval\.zoom_centre: \[0\.4, 0\.6\] -> \[0\.6, 0\.4\]"):
+        evaluate(make_config(*base, "eval.zoom_centre=[0.6,0.4]"))
+    centres.write_text("image,x,y\nastronaut,0.25,0.3\n")
+    with pytest.raises(RecordMismatchError, match=r"eval\.zoom_centres \(sha256\): '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        evaluate(make_config(*base, "eval.zoom_centre=[0.4,0.6]"))
+    assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["astronaut", "coffee"]

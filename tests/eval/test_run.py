@@ -108,6 +108,13 @@ def test_smoke_eval_end_to_end(tmp_path, adapter):
         for scale in ("4", "16", "64"):
             assert (method, scale, "niqe") in keys and (method, scale, "piqe") in keys
     assert not any(r["metric"] == "musiq" for r in rows)  # no weights offline: never a number
+    for method in methods:  # eval.consistency_metrics: psnr, ssim (the default)
+        for scale in ("4", "16", "64"):
+            assert {(method, scale, "consistency_psnr"), (method, scale, "consistency_ssim")} <= keys
+        # only astronaut (512 px) has a ground truth, at 4x: the 64x state's 8 px there has a PSNR, no SSIM (11 px)
+        assert (method, "64", "projected_psnr") in keys and (method, "64", "projected_ssim") not in keys
+    consistency = {r["method"]: float(r["mean"]) for r in rows if r["metric"] == "consistency_psnr" and r["scale"] == "16"}
+    assert consistency["bicubic"] > consistency["nearest"] + 10  # bicubic resizes agree across scales; blocks do not
     md = (run / "results.md").read_text()
     assert "## niqe (lower is better)" in md and "- musiq:" in md
     assert (run / "metrics.png").is_file()
@@ -120,7 +127,7 @@ def test_recursive_onestep_and_appended_prompts_end_to_end(tmp_path):
         [sys.executable, "-m", "coz_train.eval", "+experiment=smoke_eval", "eval.max_images=1", "eval.steps=2",
          "eval.methods=[onestep,recursive]", "eval.onestep_prompt_sources=[null,vlm,user]",
          "eval.prompt_sources=[vlm,vlm+user]", "eval.user_prompt='fur, whiskers'", "eval.metrics=[piqe]",
-         "eval.figures=false", f"hydra.run.dir={run}"],
+         "eval.consistency_metrics=[]", "eval.figures=false", f"hydra.run.dir={run}"],
         capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -141,6 +148,31 @@ def test_recursive_onestep_and_appended_prompts_end_to_end(tmp_path):
     assert (folder / "recursive-vlm+user" / "2.png").is_file()
     md = (run / "results.md").read_text()
     assert all(f"| {m} |" in md for m in methods)
+
+
+def test_every_method_zooms_into_the_chosen_centre_and_is_scored_there(make_config, tmp_path):
+    centres = tmp_path / "centres.json"
+    centres.write_text('{"astronaut": [0.1, 0.9]}')
+    cfg = make_config("+experiment=smoke_eval", "eval/backbone=bicubic", "eval.max_images=1", "eval.steps=2",
+                      "eval.methods=[nearest,bicubic,onestep,recursive,recursive_multiscale]", "eval.metrics=[psnr]",
+                      "eval.prompt_sources=[null]", f"eval.zoom_centres={centres}", "eval.figures=false")
+    out = evaluate(cfg)
+    folder = out / "per-sample" / "astronaut"
+    start = Image.open(folder / "nearest" / "0.png")
+    # (0.1, 0.9) of the 128 px start: 4x shows its (0, 96, 32, 128), 16x its (9, 111, 17, 119)
+    for k, window in ((1, (0, 96, 32, 128)), (2, (9, 111, 17, 119))):
+        expected = start.crop(window).resize((128, 128), Image.NEAREST)
+        assert Image.open(folder / "nearest" / f"{k}.png").tobytes() == expected.tobytes()
+        expected = start.crop(window).resize((128, 128), Image.BICUBIC)  # the bicubic backbone, once, on that crop
+        assert Image.open(folder / "onestep-null" / f"{k}.png").tobytes() == expected.tobytes()
+    rows = {(r["method"], r["scale"], r["metric"]): float(r["mean"]) for r in csv.DictReader((out / "results.csv").open())}
+    for method in method_labels(cfg.eval):
+        # the ground truth at 4x follows the window: a resize of the same region agrees with it
+        assert rows[(method, "4", "psnr")] > 25, method
+        assert {(method, "4", "consistency_psnr"), (method, "16", "consistency_ssim"), (method, "16", "projected_psnr"),
+                (method, "16", "projected_ssim")} <= set(rows), method
+    md = (out / "results.md").read_text()
+    assert "## consistency_psnr (higher is better)" in md and "## projected_ssim (higher is better)" in md
 
 
 def test_same_config_and_seed_give_the_same_numbers_and_images(make_config, tmp_path):
