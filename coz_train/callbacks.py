@@ -78,22 +78,23 @@ def _round(value: Any) -> Any:
 class SampleLogger(TrainerCallback):
     """Every N steps: a few rollouts (prompt text, both images, per-reward scores) to jsonl and wandb.
 
-    Reads the rollouts TRL keeps for its own completion table (`trainer._logs`); TRL's table
-    itself is off (`log_completions=false`) because it fails on image prompts.
+    Reads the rollouts TRL keeps for its own completion table (`coz_train.rollout_log`, set as `logs`
+    once the trainer is built); TRL's table itself is off (`log_completions=false`) because it fails on
+    image prompts.
     """
 
     def __init__(self, run_dir: str, every: int, count: int, use_wandb: bool):
         self.path = Path(run_dir) / "samples.jsonl"
         self.every, self.count, self.use_wandb = every, count, use_wandb
-        self.trainer: Any = None
+        self.logs: Any = None  # TRL's completion log, from rollout_log(trainer, ...)
 
     def on_log(self, args, state, control, **kwargs):
-        if self.trainer is None or not state.is_world_process_zero or self.every <= 0:
+        if self.logs is None or not state.is_world_process_zero or self.every <= 0:
             return
         if state.global_step % self.every and state.global_step != 1:
             return
-        logs = getattr(self.trainer, "_logs", None)
-        if not logs or not logs.get("completion"):
+        logs = self.logs
+        if not logs.get("completion"):
             return
         completions = list(logs["completion"])[-self.count :]
         images = list(logs.get("images") or [])[-self.count :]

@@ -59,6 +59,7 @@ from coz_train.preflight import Preflight, critic_needed, preflight, weighted_re
 from coz_train.rewards import active_rewards, build_rewards
 from coz_train.rewards.critic import critic_prefix_wanted
 from coz_train.rewards.guard import UpdateGuard, UpdateGuardCallback, guard_rewards
+from coz_train.rollout_log import rollout_log
 from coz_train.tripwires import TripwireCallback, TripwireStop, check_tripwires
 from coz_train.wandb_setup import configure_wandb
 from coz_train.zero3 import launched_with_zero3
@@ -231,7 +232,8 @@ def build_trainer(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[Any, st
         callbacks=callbacks,
     )
     trainer.install_fast_path(FastPath(cfg.perf))
-    samples.trainer = trainer
+    if cfg.logging.sample_every > 0:
+        samples.logs = rollout_log(trainer, "logging.sample_every", "0", ("completion", "rewards", "images"))
     tripwires.read_completions_of(trainer)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(RewardProgressCallback())

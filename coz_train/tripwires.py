@@ -26,8 +26,8 @@ training through its control flags (`should_save`, `should_training_stop`), so t
 (official adapter layout, COMPLETE marker, resumable); `coz_train.train.train` then raises `TripwireStop` with
 the wires, the checkpoint and how to resume or relax them.
 
-The rollouts' completions come from the trainer's `_logs["completion"]` (the last generation batch, gathered
-from every rank), as `coz_train.callbacks.SampleLogger` reads them: TRL offers its reward functions the
+The rollouts' completions come from TRL's completion log (`coz_train.rollout_log`: the last generation batch,
+gathered from every rank), as `coz_train.callbacks.SampleLogger` reads them: TRL offers its reward functions the
 completions but no callback; `read_completions_of` checks that it is there before training starts.
 """
 
@@ -45,6 +45,7 @@ from transformers import TrainerCallback
 
 from coz_train.rewards.text import completion_text
 from coz_train.rewards.validity import empty_or_non_latin
+from coz_train.rollout_log import rollout_log
 
 log = logging.getLogger(__name__)
 record = logging.getLogger("coz_train.record")  # the run's log file only (conf/config.yaml)
@@ -209,12 +210,7 @@ class TripwireCallback(TrainerCallback):
         """Where the rollouts' completions are read (TRL's completion log); refused at once if TRL moved it."""
         if not self.section.enabled or self.section.max_empty_or_non_latin is None:
             return
-        logs = getattr(trainer, "_logs", None)
-        if not isinstance(logs, dict) or "completion" not in logs:
-            raise RuntimeError(
-                "tripwires.max_empty_or_non_latin reads the rollouts' completions from TRL's trainer._logs"
-                "['completion'], which this TRL version does not have: set tripwires.max_empty_or_non_latin=null."
-            )
+        logs = rollout_log(trainer, "tripwires.max_empty_or_non_latin", "null")
         self.completions = lambda: list(logs["completion"])
 
     def on_train_begin(self, args, state, control, **kwargs):
