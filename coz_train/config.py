@@ -270,7 +270,7 @@ DataBackboneSection = _data_backbone_section()
 
 # The hallucination judge's question (docs/judge.md): the project's own, as OracleZoom's is not public.
 JUDGE_QUESTION = (
-    "The first image is a wide view. The second image shows the central region of the first image, enlarged by a "
+    "The first image is a wide view. The second image shows a region of the first image, enlarged by a "
     "super-resolution model. Does the second image contain hallucinated content: objects, structures, textures or "
     "text that the corresponding region of the first image does not support, or that contradict it? Blur, noise and "
     "missing detail are not hallucinations. Answer 1 if the second image contains hallucinated content and 0 if it "

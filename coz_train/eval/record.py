@@ -38,6 +38,11 @@ RECORD = "eval_record.json"
 SCORES = "scores.json"
 RECORD_FORMAT = 1
 RUN_ONLY_KEYS = ("shard", "num_shards", "max_images", "figures", "device", "batch_size")
+# eval.judge keys that say where and how the judge runs, not what it answers (its cache key leaves them out too)
+JUDGE_RUN_ONLY_KEYS = ("batch_size", "url", "device", "concurrency", "timeout_s", "retries", "token_env", "cache_dir")
+# keys newer than some run folders: absent from an older record, they match the value that gives its results
+ADDED_KEYS = {"eval.consistency_metrics": [], "eval.zoom_centre": None, "eval.zoom_centres": None}
+ADDED_SECTIONS = {"eval.judge.": ("eval.judge.name_or_path", None), "eval.full_image.": ("eval.methods", "no full")}
 INPUT_FILES = ("zoom_centres",)  # eval keys naming a file whose content changes the results
 
 Score = tuple[str, int, str, float]  # method, scale, metric, value
@@ -116,9 +121,23 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _results_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The keys that change the results: the eval section (less RUN_ONLY_KEYS), the policy and the seed."""
+    """The keys that change the results: the eval section (less RUN_ONLY_KEYS and JUDGE_RUN_ONLY_KEYS), the
+    policy and the seed."""
     ev = {k: v for k, v in config["eval"].items() if k not in RUN_ONLY_KEYS}
+    if isinstance(ev.get("judge"), dict):
+        ev["judge"] = {k: v for k, v in ev["judge"].items() if k not in JUDGE_RUN_ONLY_KEYS}
     return {"eval": ev, "policy": config.get("policy"), "seed": config.get("seed")}
+
+
+def _added_and_unused(key: str, new: dict[str, Any]) -> bool:
+    """Whether `key`, absent from an older record, takes here the value the older code behaved as (ADDED_KEYS),
+    or belongs to a section this config leaves unused (no judge model; no `full` method)."""
+    if key in ADDED_KEYS:
+        return new.get(key) == ADDED_KEYS[key]
+    for prefix, (switch, off) in ADDED_SECTIONS.items():
+        if key.startswith(prefix):
+            return new.get(switch) is None if off is None else "full" not in (new.get(switch) or [])
+    return False
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -153,7 +172,8 @@ def check_record(out: Path, cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     old = {**result_keys(stored["config"]), **stored.get("input_files", {})}
     new = {**result_keys(config), **_input_files(config)}
-    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    differ = sorted(k for k in old.keys() | new.keys()
+                    if old.get(k) != new.get(k) and not (k not in old and _added_and_unused(k, new)))
     if differ:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
         raise RecordMismatchError(

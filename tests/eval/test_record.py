@@ -87,3 +87,35 @@ def test_a_rerun_with_another_zoom_centre_or_an_edited_centre_file_is_refused(ma
     with pytest.raises(RecordMismatchError, match=r"eval\.zoom_centres \(sha256\): '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
         evaluate(make_config(*base, "eval.zoom_centre=[0.4,0.6]"))
     assert sorted(p.name for p in (out / "per-sample").iterdir()) == ["astronaut", "coffee"]
+
+
+def test_where_the_judge_runs_may_change_what_it_is_may_not(make_config, tmp_path):
+    from coz_train.eval.record import check_record, open_record
+
+    out = tmp_path / "run"
+    judge = ["eval/judge=tiny"]
+    open_record(out, make_config(*CHEAP, *judge))
+    check_record(out, make_config(*CHEAP, *judge, "eval.judge.batch_size=3", "eval.judge.device=cpu",
+                                  f"eval.judge.cache_dir={tmp_path / 'cache'}", "eval.judge.retries=9"))
+    with pytest.raises(RecordMismatchError, match=r"eval\.judge\.max_new_tokens"):
+        check_record(out, make_config(*CHEAP, *judge, "eval.judge.max_new_tokens=3"))
+
+
+def test_a_record_older_than_a_key_continues_where_the_key_keeps_its_results(make_config, tmp_path):
+    from coz_train.eval.record import RECORD, check_record, open_record
+
+    out = tmp_path / "run"
+    open_record(out, make_config(*CHEAP, "eval.consistency_metrics=[]"))
+    record = json.loads((out / RECORD).read_text())
+    for key in ("consistency_metrics", "zoom_centre", "zoom_centres", "judge", "full_image"):
+        del record["config"]["eval"][key]  # as a run folder made before these keys existed holds it
+    (out / RECORD).write_text(json.dumps(record))
+    check_record(out, make_config(*CHEAP, "eval.consistency_metrics=[]"))  # no judge, no full method, the centre
+    for override, key in (("eval.consistency_metrics=[psnr]", "eval.consistency_metrics"),
+                          ("eval.zoom_centre=[0.3,0.3]", "eval.zoom_centre"),
+                          ("eval/judge=tiny", "eval.judge.")):
+        with pytest.raises(RecordMismatchError, match=re.escape(key)):
+            check_record(out, make_config(*CHEAP, "eval.consistency_metrics=[]", override))
+    with pytest.raises(RecordMismatchError, match=r"eval\.full_image\.steps"):
+        check_record(out, make_config(*CHEAP, "eval.consistency_metrics=[]",
+                                      "eval.methods=[bicubic,onestep,recursive_multiscale,full]"))
