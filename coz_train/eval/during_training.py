@@ -6,7 +6,13 @@
         eval/backbone@eval_during_training.backbone=osediff_sd3 eval_during_training.backbone.lora_dir=/models/osediff
 
 The `eval_during_training` section has the keys of `eval` (the same checks, the same chain) plus
-`every`. Choices:
+`every`, and is evaluated as the stand-alone evaluation does (`coz_train.eval.run.evaluate_images`):
+every method zooms around each image's `zoom_centre` / `zoom_centres` entry (the centre by default)
+and the ground truth follows; `metrics` and the cross-scale consistency scores of
+`consistency_metrics` (`consistency_<m>`, `projected_<m>`; docs/consistency.md) are scored, and
+with `eval_during_training.judge` naming a model (`eval/judge@eval_during_training.judge=<preset>`)
+the hallucination judge (docs/judge.md) adds `hallucination`, its answers cached in
+`<run>/eval_during_training/judge_cache/` (or `judge.cache_dir`). Choices:
 - The live policy writes the prompts (`vlm+adapter`; `vlm` is the same model with the adapter
   switched off): nothing is saved or reloaded. It generates in eval mode under `torch.no_grad`, its
   train mode restored afterwards, and the random state of python, numpy and torch is restored too,
@@ -21,7 +27,9 @@ The `eval_during_training` section has the keys of `eval` (the same checks, the 
   the progress bar's ETA are wall clock from the start of training and include it.
 - A failing evaluation never stops training: it is logged at WARNING with the error, its traceback
   goes to `step-<N>/error.txt` and `eval_during_training/failed = 1` to the logs.
-- The held-out images, backbone and metrics load at the first evaluation and are kept.
+- The held-out images, backbone, metrics and judge load at the first evaluation and are kept.
+- The stand-alone evaluation's shards do not apply (rank zero evaluates every held-out image):
+  `num_shards` other than 1 is refused.
 
 Each evaluation writes `<run>/eval_during_training/step-<N>/`: `results.csv`, `results.md`,
 `prompts.json` and a chain figure per image (`chains-<image>.png`); the per-scale means go into
@@ -39,17 +47,24 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from transformers import TrainerCallback
 
 from coz_train.callbacks import LOG_HISTORY
 from coz_train.sr.prompter import VLMPrompter
 from coz_train.zero3 import launched_with_zero3
+
+if TYPE_CHECKING:
+    from coz_train.eval.consistency import ConsistencyScores
+    from coz_train.eval.judge import HallucinationJudge
+    from coz_train.sr.chain import Centre
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +76,15 @@ def eval_view(section: DictConfig) -> DictConfig:
     return OmegaConf.create({"eval": OmegaConf.to_container(section, resolve=True)})
 
 
+def section_keys(text: str) -> str:
+    """An evaluation message with its `eval.<key>` names and `eval/<group>=<option>` overrides as this section's."""
+    text = re.sub(r"(?<![\w./])eval/(\w+)=", rf"eval/\1@{SECTION}.\1=", text)
+    return re.sub(r"(?<![\w.])eval\.", f"{SECTION}.", text)
+
+
 def _renamed(error: Exception) -> Exception:
     """The evaluation's error with its `eval.` keys named as this section's."""
-    return type(error)(re.sub(r"(?<![\w.])eval\.", f"{SECTION}.", str(error)))
+    return type(error)(section_keys(str(error)))
 
 
 def check_eval_during_training(cfg: DictConfig) -> None:
@@ -80,6 +101,10 @@ def check_eval_during_training(cfg: DictConfig) -> None:
     if section.adapter:
         raise ValueError(f"{SECTION}.adapter='{section.adapter}': the adapter evaluated is the one being trained "
                          f"(prompt source vlm+adapter); leave {SECTION}.adapter null.")
+    if section.num_shards != 1 or section.shard != 0:
+        raise ValueError(f"{SECTION}.shard={section.shard} of {SECTION}.num_shards={section.num_shards}: rank zero "
+                         "evaluates every held-out image during training; shards are for the stand-alone evaluation "
+                         f"(python -m coz_train.eval). Leave {SECTION}.shard=0 and {SECTION}.num_shards=1.")
     if launched_with_zero3() or cfg.grpo.get("fsdp"):
         raise ValueError(f"{SECTION}.every>0 needs the whole policy on rank zero, which generates alone: not with "
                          f"DeepSpeed ZeRO-3 or FSDP (sharded weights). Use ZeRO-2 / DDP or set {SECTION}.every=0.")
@@ -185,6 +210,13 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
+@dataclass(frozen=True)
+class HeldOutImage:
+    name: str  # EvalImage.name: the name results, prompts.json and the figures use
+    original: Image.Image
+    centre: Centre  # where every method zooms (eval_during_training.zoom_centre / zoom_centres; else the centre)
+
+
 class EvalDuringTraining(TrainerCallback):
     """Every `eval_during_training.every` optimizer steps: evaluate on rank zero, log, let the other ranks wait."""
 
@@ -193,9 +225,11 @@ class EvalDuringTraining(TrainerCallback):
         self.view = eval_view(cfg.eval_during_training)
         self.folder = Path(cfg.output_dir) / SECTION
         self.use_wandb = use_wandb
-        self.images: list[tuple[str, Any]] | None = None
+        self.images: list[HeldOutImage] | None = None
         self.backbone: Any = None
         self.metrics: dict[str, Any] | None = None
+        self.consistency: ConsistencyScores | None = None
+        self.judge: HallucinationJudge | None = None
         self.unavailable: dict[str, str] = {}
         self.total_s = 0.0
 
@@ -222,7 +256,7 @@ class EvalDuringTraining(TrainerCallback):
             scalars, figures = self.evaluate(out, model, processor)
         except Exception as err:  # an evaluation never stops training
             log.warning("%s at step %d failed (training goes on; traceback in %s): %s: %s", SECTION, step,
-                        out / "error.txt", type(err).__name__, err)
+                        out / "error.txt", type(err).__name__, section_keys(str(err)))
             (out / "error.txt").write_text(traceback.format_exc())
             scalars, figures = {f"{SECTION}/failed": 1.0}, []
         seconds = time.perf_counter() - started
@@ -232,61 +266,75 @@ class EvalDuringTraining(TrainerCallback):
 
     def _load(self) -> None:
         from coz_train.devices import rank_device
-        from coz_train.eval.images import eval_image_list, open_eval_image
-        from coz_train.image_quality import build_metrics
+        from coz_train.eval.images import eval_image_list, open_eval_image, zoom_centres
+        from coz_train.eval.judge import judge_enabled, load_judge
+        from coz_train.eval.run import build_eval_metrics
         from coz_train.sr.backbones import load_backbone
 
         ev = self.view.eval
         device = rank_device(ev.device)
         if self.images is None:
+            centres = zoom_centres(ev)  # checked before training; by image name, the centre where none is given
             images = []
             for image in eval_image_list(ev):
                 original, report = open_eval_image(image, ev)
                 if original is None:
                     log.warning("%s: held-out image %s skipped: %s", SECTION, image.label, report.summary())
                 else:
-                    images.append((image.name, original))
+                    images.append(HeldOutImage(image.name, original, centres[image.name]))
             if not images:
                 raise ValueError(f"{SECTION}: none of the held-out images can be used (see the warnings above).")
             self.images = images
         if self.backbone is None:
             self.backbone = load_backbone(ev.backbone.name, ev.backbone, device)
         if self.metrics is None:
-            self.metrics, self.unavailable = build_metrics(list(ev.metrics), device)
+            self.metrics, self.consistency, self.unavailable = build_eval_metrics(ev, device)
             for name, reason in self.unavailable.items():
                 log.warning("%s: metric %s unavailable: %s", SECTION, name, reason)
+        if self.judge is None and judge_enabled(ev.judge):  # its answers cached under <run>/eval_during_training/
+            self.judge = load_judge(ev.judge, self.folder)
 
     def evaluate(self, out: Path, model: Any, processor: Any) -> tuple[dict[str, float], list[Path]]:
+        """As the stand-alone evaluation (`coz_train.eval.run.evaluate_images`) on the held-out images, the live
+        policy prompting; loading, scoring and judging inside `evaluation_mode` too, so none of it moves the
+        training's random state."""
         from accelerate.utils import extract_model_from_parallel
 
         from coz_train.data.zoom import start_state
         from coz_train.eval.figures import chain_figure
+        from coz_train.eval.judge import judged
         from coz_train.eval.methods import method_labels, zoom_scales
-        from coz_train.eval.run import run_chains, score_chains
-        from coz_train.eval.tables import Results, markdown, write_csv
-        from coz_train.sr.chain import reference_states
+        from coz_train.eval.run import run_chains, score_chains, score_whole_states
+        from coz_train.eval.tables import Results, higher_is_better, markdown, write_csv
+        from coz_train.sr.chain import reference_states, zoom_windows
 
-        self._load()
         ev = self.view.eval
         policy = extract_model_from_parallel(model)
         prompter = LivePolicyPrompter(policy, processor, ev.max_new_tokens, ev.do_sample, ev.batch_size)
-        with evaluation_mode(policy):
-            chains = run_chains(self.view, [start_state(image, ev.process_size) for _, image in self.images],
-                                self.backbone, prompter)
         labels, scales = method_labels(ev), zoom_scales(ev)
         results, figures, prompts = Results(), [], {}
-        for i, (name, original) in enumerate(self.images):
-            references = reference_states(original, ev.process_size, ev.scale, ev.steps)
-            sample = [chains[label][i] for label in labels]
-            prompts[name] = {chain.method: chain.prompts for chain in sample}
-            for score in score_chains(sample, references, self.metrics, scales):
-                results.add(*score)
-            if ev.figures:
-                figures.append(out / f"chains-{name}.png")
-                chain_figure(sample, ev.scale, figures[-1])
+        with evaluation_mode(policy):
+            self._load()  # in here too: building a model (a tiny judge from its seed) may seed torch
+            starts = [start_state(image.original, ev.process_size) for image in self.images]
+            chains = run_chains(self.view, starts, self.backbone, prompter, [image.centre for image in self.images])
+            for i, image in enumerate(self.images):
+                windows = zoom_windows(ev.process_size, ev.scale, ev.steps, image.centre)
+                references = reference_states(image.original, ev.process_size, ev.scale, ev.steps, windows)
+                sample = [chains[label][i] for label in labels]
+                prompts[image.name] = {chain.method: chain.prompts for chain in sample}
+                scores = score_chains(sample, references, self.metrics, scales, self.consistency)
+                scores += score_whole_states(sample, image.original, ev, self.metrics)
+                scores += judged(self.judge, sample, scales)  # `hallucination`; [] without eval_during_training.judge
+                for score in scores:
+                    results.add(*score)
+                if ev.figures:
+                    figures.append(out / f"chains-{image.name}.png")
+                    chain_figure(sample, ev.scale, figures[-1])
+        if self.judge is not None:
+            log.info("%s: %s", SECTION, self.judge.summary())
         rows = results.rows()
         write_csv(rows, out / "results.csv")
-        higher = {name: m.higher_is_better for name, m in self.metrics.items()}
+        higher = {row.metric: higher_is_better(row.metric) for row in rows}  # consistency_*, hallucination included
         (out / "results.md").write_text(markdown(rows, higher, self.unavailable, labels, scales))
         (out / "prompts.json").write_text(json.dumps(prompts, indent=1))
         return {f"{SECTION}/{r.method}/{r.metric}/{r.scale}x": r.mean for r in rows}, figures

@@ -1,6 +1,7 @@
 """Evaluation during training: it runs at the configured steps with the live adapter, writes its tables and
-figures, stays out of the step time and the random stream, survives its own failure, and a broken or
-training-image config stops the run before any model loads."""
+figures, stays out of the step time and the random stream, survives its own failure, follows a chosen zoom centre
+with its ground truth, logs the consistency scores and the judge's, and a broken or training-image config stops
+the run before any model loads."""
 
 from __future__ import annotations
 
@@ -104,6 +105,76 @@ def test_step_time_excludes_the_evaluation(smoke_run):
     assert max(step_time[2], step_time[4]) < 2 * SLEEP_S  # TRL's step_time is measured inside training_step
 
 
+@pytest.fixture(scope="module")
+def centred_run(compose_cfg, tmp_path_factory):
+    """Two steps evaluating once, at step 2: every method zooms around a chosen point (eval_during_training.zoom_centre,
+    and a zoom_centres file for hubble_deep_field), the consistency scores on (the default), the tiny judge."""
+    folder = tmp_path_factory.mktemp("edt-centre")
+    centres = folder / "centres.csv"
+    x, y = CENTRES["hubble_deep_field"]
+    centres.write_text(f"image,x,y\nhubble_deep_field,{x},{y}\n")
+    cfg = compose_cfg(["+experiment=smoke", "grpo.max_steps=2", "grpo.save_steps=10", "eval_during_training.every=2",
+                       "logging.wandb=false", "eval_during_training.methods=[bicubic,recursive_multiscale]",
+                       "eval_during_training.zoom_centre=[{},{}]".format(*CENTRES["retina"]),
+                       f"eval_during_training.zoom_centres={centres}", "eval/judge@eval_during_training.judge=tiny"],
+                      folder / "run")
+    trainer, _ = build_trainer(cfg)
+    trainer.train()
+    return trainer, folder / "run"
+
+
+CENTRES = {"retina": (0.25, 0.25), "hubble_deep_field": (0.75, 0.6)}
+
+
+def bicubic_psnr_4x(centre: tuple[float, float] | None) -> float:
+    """The mean over the held-out images of the bicubic state's PSNR at 4x against its ground truth, both at the
+    windows around `centre` (each image's own from CENTRES when None), computed here from the chain's parts."""
+    from coz_train.data.images import shipped_images
+    from coz_train.data.zoom import start_state
+    from coz_train.image_quality import build_metrics
+    from coz_train.sr.chain import reference_states, resample_chain, zoom_windows
+
+    psnr = build_metrics(["psnr"], torch.device("cpu"))[0]["psnr"]
+    values = []
+    for name, original in shipped_images(list(CENTRES)):
+        windows = zoom_windows(128, 4, 2, centre or CENTRES[name.split(":", 1)[1]])
+        state = resample_chain(start_state(original.convert("RGB"), 128), "bicubic", 4, 2, windows).states[1]
+        values.append(psnr(state, reference_states(original.convert("RGB"), 128, 4, 2, windows)[0]))
+    return float(np.mean(values))
+
+
+@pytest.mark.slow
+def test_a_chosen_zoom_centre_moves_the_chains_and_the_ground_truth_and_consistency_is_logged(centred_run):
+    trainer, run_dir = centred_run
+    folder = run_dir / SECTION / "step-2"
+    assert not (folder / "error.txt").exists()
+    logged = eval_entries(trainer.state.log_history)[2]
+    assert logged[f"{SECTION}/bicubic/psnr/4x"] == pytest.approx(bicubic_psnr_4x(None), rel=1e-5)
+    assert abs(logged[f"{SECTION}/bicubic/psnr/4x"] - bicubic_psnr_4x((0.5, 0.5))) > 0.1  # not the centre's
+    for method in ("bicubic", "recursive_multiscale-vlm+adapter"):
+        for metric in ("consistency_psnr", "consistency_ssim"):
+            assert {f"{SECTION}/{method}/{metric}/{s}x" for s in (4, 16)} <= set(logged)
+        assert f"{SECTION}/{method}/projected_psnr/16x" in logged  # the 8 px region at 16x is below SSIM's 11 px
+    assert logged[f"{SECTION}/bicubic/consistency_psnr/4x"] > 30  # the bicubic states are resizes of the start
+    table = (folder / "results.md").read_text()
+    assert "## consistency_psnr (higher is better)" in table and "## hallucination (lower is better)" in table
+
+
+@pytest.mark.slow
+def test_the_judge_of_eval_during_training_scores_every_method_and_scale(centred_run):
+    trainer, run_dir = centred_run
+    logged = eval_entries(trainer.state.log_history)[2]
+    judged = {k: v for k, v in logged.items() if "/hallucination/" in k}
+    assert set(judged) == {f"{SECTION}/{m}/hallucination/{s}x"
+                           for m in ("bicubic", "recursive_multiscale-vlm+adapter") for s in (4, 16)}
+    assert all(0.0 <= v <= 1.0 for v in judged.values())
+    # the bicubic backbone makes the CoZ chain's 4x state the bicubic method's: the same pair, the same answer
+    coz = f"{SECTION}/recursive_multiscale-vlm+adapter/hallucination/4x"
+    assert judged[f"{SECTION}/bicubic/hallucination/4x"] == judged[coz]
+    # one cached answer per distinct pair: 2 images x (that shared 4x pair + 2 pairs at 16x)
+    assert len(list((run_dir / SECTION / "judge_cache").rglob("*.json"))) == 2 * 3
+
+
 def test_evaluation_mode_restores_train_mode_and_random_state():
     model = torch.nn.Linear(2, 2).train()
     torch.manual_seed(0), np.random.seed(0), random.seed(0)
@@ -145,6 +216,17 @@ def test_a_failing_evaluation_is_reported_and_training_goes_on(make_config, tmp_
     ("eval_during_training.adapter=/tmp", r"eval_during_training\.adapter='/tmp': the adapter evaluated"),
     ("eval/backbone@eval_during_training.backbone=osediff_sd3", r"eval_during_training\.backbone\.lora_dir="),
     ("eval_during_training.image_dir=/no/such/folder", r"eval_during_training\.image_dir='/no/such/folder' is not"),
+    ("eval_during_training.zoom_centre=[1.5,0.5]", r"eval_during_training\.zoom_centre: zoom centre \(1\.5, 0\.5\) is "
+                                                   r"outside the image"),
+    ("eval_during_training.zoom_centres=/no/such.csv", r"eval_during_training\.zoom_centres='/no/such\.csv' is not a "
+                                                       r"file"),
+    ("eval_during_training.consistency_metrics=[niqe]", r"eval_during_training\.consistency_metrics: \['niqe'\] are "
+                                                        r"no-reference"),
+    ("eval_during_training.judge.url=http://127.0.0.1:8001", r"eval_during_training\.judge\.url=.* but "
+                                                             r"eval_during_training\.judge\.name_or_path is null.*"
+                                                             r"eval/judge@eval_during_training\.judge=internvl3_5_38b"),
+    ("eval_during_training.num_shards=2", r"eval_during_training\.shard=0 of eval_during_training\.num_shards=2: "
+                                          r"rank zero evaluates every held-out image"),
 ])
 def test_a_broken_eval_config_fails_before_any_model_loads(make_config, no_model_loads, override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
