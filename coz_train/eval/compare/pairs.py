@@ -21,6 +21,7 @@ from itertools import combinations
 from pathlib import Path
 
 from coz_train.eval.compare.groups import Group
+from coz_train.image_quality.registry import METRIC_NAMES
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class Pair:
 
 
 def metric_name(metric: str) -> str:
-    """How a sentence names a metric: MUSIQ, NIQE; derived names (consistency_ssim) as they are."""
-    return metric.upper() if metric.isalpha() else metric
+    """How a sentence names a metric: MUSIQ, NIQE; derived names (consistency_ssim) and the judge's score
+    (hallucination) as they are."""
+    return metric.upper() if metric in METRIC_NAMES else metric
 
 
 def prompt_dependent(method: str) -> bool:
