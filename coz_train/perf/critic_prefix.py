@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from coz_train.perf.image_cache import digest
 from coz_train.perf.prefix import Prefix, check_supported, group_owner, repeat_cache, run_continuation, run_prefix
 
 
@@ -125,7 +126,8 @@ def plan_groups(conversations: list[list[dict]], rows: list[torch.Tensor],
 
     def fingerprint(image: Any) -> Any:
         if id(image) not in fingerprints:
-            fingerprints[id(image)] = ((image.size, image.mode, hash(image.tobytes())) if _is_pil(image)
+            # the image cache's digest: once per image object, which the critic's processor has hashed already
+            fingerprints[id(image)] = ((image.size, image.mode, digest(image)) if _is_pil(image)
                                        else ("object", id(image)))
         return fingerprints[id(image)]
 

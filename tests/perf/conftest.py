@@ -56,3 +56,16 @@ def shuffle_rows():
     """shuffle_rows(batch, permutation) -> the batch with its rows (and their images) reordered."""
     return permute_rows
 
+
+@pytest.fixture(autouse=True)
+def no_shared_image_store_from_earlier_tests():
+    """The image caches that `install_image_cache` puts on processors of one class share a store while one of them
+    lives; an earlier test's cache kept alive only by a reference cycle (a model and its vision cache) would share
+    its room and its images with this test's. Collected here when there is one, so each test starts alone."""
+    import gc
+
+    from coz_train.perf import image_cache
+
+    if len(image_cache._STORES):
+        gc.collect()
+    yield

@@ -57,7 +57,7 @@ def test_attributes_are_the_wrapped_objects_and_the_cache_state_is_not(cached):
     assert images.merge_size == 3 and processor.image_processor.do_resize is False
     processor.tokenizer.pad_token = tokenizer.eos_token
     assert tokenizer.pad_token == tokenizer.eos_token
-    assert {"hits", "misses", "handles", "_entries", "_wrapped"}.isdisjoint(vars(images))
+    assert {"hits", "misses", "handles", "store", "_wrapped"}.isdisjoint(vars(images))
     assert {"texts", "tokenized", "_wrapped"}.isdisjoint(vars(tokenizer))
 
 
@@ -101,7 +101,7 @@ def test_copies_are_new_wrappers_with_empty_caches_of_copies(cached, how):
         twin = make(wrapper)
         assert type(twin) is type(wrapper) and twin._wrapped is not real and vars(twin) is vars(twin._wrapped)
     image_twin, text_twin = make(processor.image_processor), make(processor.tokenizer)
-    assert image_twin.hits == image_twin.misses == 0 and len(image_twin._entries) == 0
+    assert image_twin.hits == image_twin.misses == 0 and len(image_twin.store.entries) == 0
     assert text_twin.texts == text_twin.tokenized == 0
     assert torch.equal(image_twin([image(0)])["pixel_values"], images([image(0)])["pixel_values"])
     assert image_twin.misses == 1 and processor.image_processor.misses == 1  # the original's cache untouched

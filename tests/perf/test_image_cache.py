@@ -65,7 +65,7 @@ def test_least_recently_used_images_are_dropped():
     images = [Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(3)]
     for image in images:
         cache([image], return_tensors="pt")
-    assert len(cache._entries) == 2 and cache.misses == 3
+    assert len(cache.store.entries) == 2 and cache.misses == 3
     cache([images[2]], return_tensors="pt")
     cache([images[0]], return_tensors="pt")  # was dropped: processed again
     assert cache.misses == 4
@@ -79,3 +79,70 @@ def test_inputs_it_cannot_serve_go_to_the_real_image_processor():
     reference = processor_for(SHAPE).image_processor([array], return_tensors="pt")
     assert torch.equal(out["pixel_values"], reference["pixel_values"])
     assert cache.hits == cache.misses == 0
+
+
+def test_equally_configured_processors_share_their_preprocessed_images():
+    """The policy's and a Qwen critic's processors (one class, one configuration) preprocess each image once between
+    them; each output stays bit-identical to its own plain processor's."""
+    policy, critic, plain = processor_for(SHAPE), processor_for(SHAPE), processor_for(SHAPE)
+    first, second = install_image_cache(policy, handles=True), install_image_cache(critic)
+    assert first.store is second.store
+    batch = grpo_batch(plain, groups=2, per_group=3, image_sizes=[((112, 112), (56, 84)), ((56, 56), (84, 56))])
+    flat = [im for row in batch["images"] for im in row]
+    reference = plain.image_processor(flat, return_tensors="pt")
+    handles = policy.image_processor(flat, return_tensors="pt")
+    assert (first.misses, first.store.processed) == (4, 4)
+    out = critic.image_processor([im.copy() for im in flat], return_tensors="pt")  # other objects, same pixels
+    assert (second.misses, second.hits, first.store.processed) == (0, 12, 4)  # nothing preprocessed again
+    assert torch.equal(out["pixel_values"], reference["pixel_values"])
+    assert torch.equal(out["image_grid_thw"], reference["image_grid_thw"])
+    rows = reference["image_grid_thw"].prod(-1).tolist()
+    for h, p in zip(torch.split(handles["pixel_values"], rows), torch.split(reference["pixel_values"], rows),
+                    strict=True):
+        assert torch.equal(second.pixels_of(int(h[0, 0])), p)  # a handle either cache handed out reads the same
+
+
+def test_differently_configured_processors_do_not_share_an_image():
+    """Control: a critic processor with another pixel budget preprocesses the images itself, and gets its own
+    (different) patches, bit-identical to its plain twin's."""
+    policy, critic, plain_critic = processor_for(SHAPE), processor_for(SHAPE), processor_for(SHAPE)
+    for processor in (critic, plain_critic):
+        processor.image_processor.size = dict(processor.image_processor.size, longest_edge=56 * 56)
+    first, second = install_image_cache(policy), install_image_cache(critic)
+    assert first.store is second.store  # one class: one store, the configuration in every key
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    big = policy.image_processor([image], return_tensors="pt")
+    small = critic.image_processor([image], return_tensors="pt")
+    assert second.misses == 1 and first.store.processed == 2
+    assert torch.equal(small["pixel_values"], plain_critic.image_processor([image], return_tensors="pt")["pixel_values"])
+    assert big["pixel_values"].shape[0] == 4 * small["pixel_values"].shape[0]
+
+
+def test_stored_pixels_are_views_that_the_model_leaves_as_they_were(make_policy, make_batch):
+    """The store keeps each image's rows as a view of the batch they came in (no copy per image); nothing downstream
+    writes into them: after the tower has read them through pixel handles in a forward and a LoRA backward pass,
+    they still equal a fresh preprocessing."""
+    from coz_train.perf.vision_cache import install_vision_cache
+
+    model, processor = make_policy()
+    model.train()
+    batch = make_batch(processor, groups=2, per_group=2, image_sizes=[((112, 112), (56, 84)), ((56, 56), (84, 56))])
+    plain = processor_for(SHAPE)
+    plain.image_processor.size = dict(processor.image_processor.size)
+    cache = install_image_cache(processor, handles=True)
+    vision = install_vision_cache(model, max_images=16)
+    vision.pixel_source = cache
+    text = processor.apply_chat_template(batch["prompts"], add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=batch["images"], text=text, padding=True, return_tensors="pt")
+    entries = list(cache.store.entries.values())
+    assert len(entries) == 4 and len({p.untyped_storage().data_ptr() for p, _, _ in entries}) == 1  # one batch
+    model(**inputs).logits.float().pow(2).mean().backward()
+    assert vision.misses == 4 and any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    flat = [im for row in batch["images"] for im in row]
+    expected = plain.image_processor(flat, return_tensors="pt")
+    rows = expected["image_grid_thw"].prod(-1).tolist()
+    seen = {}
+    for h, p in zip(torch.split(inputs["pixel_values"], rows), torch.split(expected["pixel_values"], rows), strict=True):
+        seen[int(h[0, 0])] = p
+    for handle, pixels in seen.items():
+        assert torch.equal(cache.pixels_of(handle), pixels)
