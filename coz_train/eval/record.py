@@ -3,6 +3,7 @@
     <run>/per-sample/<image>/<method>/<k>.png, prompts.json   the chains (k = 0 is the input)
     <run>/per-sample/<image>/full-*/whole-<k>.png, tiles.json the full-image chain's whole states and tiles
     <run>/per-sample/<image>/chains.png                       the figure (eval.figures)
+    <run>/per-sample/<image>/windows.json                     each chain's zoom windows in the start's px
     <run>/per-sample/<image>/scores.json                      every (method, scale, metric, value) of the image
     <run>/per-sample/<image>.skipped.json                     an image that could not be used, and why
     <run>/eval_record.json                                    the config the record was made with
@@ -11,6 +12,10 @@ An image's folder is written as `per-sample/.<image>.tmp<pid>/` and renamed into
 complete (a rename is atomic), so an image is finished exactly when `per-sample/<image>/scores.json`
 (or its `.skipped.json`) exists; anything else (a folder left by an older run, a temp folder of a
 killed one) is made again. The tables are computed from the scores alone (`merge.py`).
+`windows.json` is `{"start_size": P, "windows": {"<method>": [[left, top, right, bottom], ...]}}`: the
+region of the start (state 0, P x P) that each state k = 1..N of that result shows (`Chain.windows`; the
+centre unless eval.zoom_centre / eval.zoom_centres moved it), so that what reads the states later (the
+human study) shows the same region; run folders older than it zoomed into the centre.
 
 A run folder holds the results of one eval config: `eval_record.json` keeps the config, and a
 later run (a restart, another shard) whose config differs in a key that changes the results stops
@@ -36,6 +41,7 @@ from coz_train.sr.full_image import FullImageChain
 
 RECORD = "eval_record.json"
 SCORES = "scores.json"
+WINDOWS = "windows.json"
 RECORD_FORMAT = 1
 RUN_ONLY_KEYS = ("shard", "num_shards", "max_images", "figures", "device", "batch_size")
 # eval.judge keys that say where and how the judge runs, not what it answers (its cache key leaves them out too)
@@ -87,13 +93,28 @@ def save_chains(folder: Path, chains: list[Chain]) -> None:
             chain.save(sub)
 
 
+def _on_grid(value: float) -> int | float:
+    """A window edge as an int where it lies on the start's pixel grid (every window coz_train.sr.chain makes)."""
+    return round(value) if abs(value - round(value)) < 1e-6 else value
+
+
+def chain_windows(chains: list[Chain]) -> dict[str, list[list[int | float]]]:
+    """Each chain's windows W_1..W_N in the start's px (`Chain.windows`), by result name; chains recording none
+    (states that are not crops of the start's regions) are left out."""
+    return {chain.method: [[_on_grid(v) for v in w] for w in chain.windows()] for chain in chains if chain.boxes}
+
+
 def write_sample(out: Path, name: str, chains: list[Chain], scores: list[Score], unavailable: dict[str, str],
                  figure: Any = None) -> None:
-    """One image's chains, figure (`figure(chains, path)`, optional) and scores, published in one rename."""
+    """One image's chains, zoom windows, figure (`figure(chains, path)`, optional) and scores, published in one
+    rename."""
     _clear_leftovers(out, name)
     tmp = per_sample(out) / f".{name}.tmp{os.getpid()}"
     tmp.mkdir(parents=True)
     save_chains(tmp, chains)
+    windows = chain_windows(chains)
+    if windows:
+        (tmp / WINDOWS).write_text(json.dumps({"start_size": chains[0].states[0].width, "windows": windows}))
     if figure is not None:
         figure(chains, tmp / "chains.png")
     # json writes NaN (an undefined score) and inf (PSNR of identical images) as NaN / Infinity and reads them back

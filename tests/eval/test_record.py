@@ -119,3 +119,27 @@ def test_a_record_older_than_a_key_continues_where_the_key_keeps_its_results(mak
     with pytest.raises(RecordMismatchError, match=r"eval\.full_image\.steps"):
         check_record(out, make_config(*CHEAP, "eval.consistency_metrics=[]",
                                       "eval.methods=[bicubic,onestep,recursive_multiscale,full]"))
+
+
+def test_each_image_records_the_windows_its_chains_zoomed_into(tmp_path):
+    """`windows.json`: each result's windows in the start's px, as the chains made them (the human study reads it)."""
+    from PIL import Image
+
+    from coz_train.eval.record import WINDOWS
+    from coz_train.sr.backbones.resample import Resampler
+    from coz_train.sr.chain import Chain, onestep_chains, recursive_chains, resample_chain, step_boxes, zoom_windows
+
+    start, centre = Image.new("RGB", (128, 128), (90, 120, 150)), (0.25, 0.7)
+    windows = zoom_windows(128, 4, 3, centre)
+    bicubic, no_prompts = Resampler("bicubic", Image.BICUBIC), lambda items: [""] * len(items)
+    chains = [resample_chain(start, "nearest", 4, 3, windows),
+              onestep_chains([start], bicubic, 4, 3, no_prompts, "onestep-null", windows=[windows])[0],
+              recursive_chains([start], bicubic, no_prompts, "recursive_multiscale-null", 4, 3,
+                               boxes=[step_boxes(windows, 128, 4)])[0],
+              Chain("hand-made", [start, start])]  # records no windows: left out
+    write_sample(tmp_path, "astronaut", chains, [], {})
+    recorded = json.loads((tmp_path / "per-sample" / "astronaut" / WINDOWS).read_text())
+    expected = [list(w) for w in windows]
+    assert recorded == {"start_size": 128, "windows": {"nearest": expected, "onestep-null": expected,
+                                                       "recursive_multiscale-null": expected}}
+    assert windows != zoom_windows(128, 4, 3)  # not the centre's
