@@ -4,7 +4,9 @@ An id is a salted hash of the PNG's bytes (16 hex digits): it says nothing about
 scale, so a rater cannot tell conditions apart from URLs, and identical images are stored once. Images
 taken from an eval run are copied (`study.media=copy`, a self-contained folder) or hard-linked
 (`study.media=link`; a copy where the study is on another file system). Images made here (the
-low-resolution reference, the zoomed crop a prompt was written from, anchors) are written as PNG.
+low-resolution reference, the zoomed crop a prompt was written from, anchors) are written as PNG; they show the
+region of the input that the eval run's chain zoomed into (`runs.ChainFiles.windows`, the centre unless the run
+set eval.zoom_centre / eval.zoom_centres).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from coz_train.study.runs import Box
 
 log = logging.getLogger(__name__)
 MEDIA_MODES = ("copy", "link")
@@ -73,33 +77,38 @@ class MediaWriter:
         return media_id
 
 
-def _centre(image: Image.Image, side: int) -> Image.Image:
-    # as coz_train.sr.chain.centre_crop, which is not imported: that module loads the SR backbones (torch)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
+def low_resolution_region(start: Image.Image, window: Box) -> Image.Image:
+    """The input's region `window` (the zoomed state's, in the input's px), enlarged to the input's size with
+    nearest: its real pixels, as blocks."""
+    return start.crop(window).resize(start.size, Image.NEAREST)
 
 
-def low_resolution_region(start: Image.Image, zoom: int) -> Image.Image:
-    """The input's centre 1/zoom region, enlarged to the input's size with nearest: its real pixels, as blocks."""
-    side = max(1, start.width // zoom)
-    return _centre(start, side).resize(start.size, Image.NEAREST)
-
-
-def outlined_input(start: Image.Image, zoom: int) -> Image.Image:
-    """The whole input with the zoomed region outlined in red (at least 6 px wide, so 256x stays visible)."""
+def outlined_input(start: Image.Image, window: Box) -> Image.Image:
+    """The whole input with the region `window` outlined in red (at least 6 px wide around the region's middle,
+    so 256x stays visible)."""
     image = start.convert("RGB").copy()
-    side = max(6, start.width // zoom)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
+    side = max(6, window[2] - window[0])
+    middle_x, middle_y = (window[0] + window[2]) / 2, (window[1] + window[3]) / 2
+    left = min(max(round(middle_x - side / 2), 0), image.width - side)
+    top = min(max(round(middle_y - side / 2), 0), image.height - side)
     width = max(1, image.width // 128)
     ImageDraw.Draw(image).rectangle((left - width, top - width, left + side + width - 1, top + side + width - 1),
                                     outline=(255, 32, 32), width=width)
     return image
 
 
-def zoomed_view(previous: Image.Image, zoom: int) -> Image.Image:
-    """The centre 1/zoom crop of `previous` bicubic-upscaled to its size: the "zoomed" image a prompt VLM sees."""
-    side = max(1, previous.width // zoom)
-    return _centre(previous, side).resize(previous.size, Image.BICUBIC)
+def region_in_state(window: Box, shown: Box, size: int) -> Box:
+    """`window` (input px) in the px of a size x size state that shows the input's region `shown`: the crop of
+    state k-1 that the chain zoomed into for state k (`coz_train.sr.chain.step_boxes`)."""
+    unit = size / (shown[2] - shown[0])  # state px per input px
+    box = [(window[0] - shown[0]) * unit, (window[1] - shown[1]) * unit,
+           (window[2] - shown[0]) * unit, (window[3] - shown[1]) * unit]
+    return tuple(round(v) for v in box)  # type: ignore[return-value]
+
+
+def zoomed_view(previous: Image.Image, box: Box) -> Image.Image:
+    """The crop `box` of `previous` bicubic-upscaled to its size: the "zoomed" image a prompt VLM sees."""
+    return previous.crop(box).resize(previous.size, Image.BICUBIC)
 
 
 def missing_media(study_dir: Path, entries: dict[str, dict[str, str]]) -> list[str]:

@@ -2,7 +2,10 @@
 
 An eval run (`python -m coz_train.eval`, `coz_train.eval.run`) writes `per-sample/<image>/<label>/<k>.png`
 (k = 0 the input, k = 1..steps the zoom by scale**k) with that chain's `prompts.json` (`{"k": prompt}`),
-and its resolved config in `.hydra/config.yaml` (`eval.scale`, `eval.steps`). A study condition is a
+and its resolved config in `.hydra/config.yaml` (`eval.scale`, `eval.steps`). Which region of the input each
+state shows comes from the image's `windows.json` (`coz_train.eval.record`: each result's windows W_1..W_N in
+the input's px, moved by eval.zoom_centre / eval.zoom_centres); a run folder without it (older than that file)
+zoomed into the centre, as the official code does. A study condition is a
 method label (`recursive_multiscale-vlm`, `nearest`, ...) or, with `study.prefix_conditions`,
 `<run folder name>/<label>` so that the same label from two runs (a base and an adapter evaluation) stays
 apart.
@@ -15,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from PIL import Image
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom) in the input's (state 0's) px
+WINDOWS = "windows.json"  # coz_train.eval.record.WINDOWS (not imported: the record module loads torch)
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,16 @@ class ChainFiles:
     image: str
     label: str  # the method label in the run
     prompts: dict[int, str]  # step k -> the prompt that made state k ("" for none)
+    windows: tuple[Box, ...]  # windows[k-1]: the region of the input (state 0) that state k shows
 
     def state(self, k: int) -> Path:
         return self.folder / f"{k}.png"
+
+    def window(self, k: int) -> Box:
+        """The region of the input that state k (k >= 1) shows."""
+        if not 1 <= k <= len(self.windows):
+            raise ValueError(f"{self.folder}: no zoom window for state {k} (the run records {len(self.windows)}).")
+        return self.windows[k - 1]
 
     @property
     def method(self) -> str:
@@ -65,6 +79,45 @@ def run_geometry(run: Path) -> tuple[int, int]:
         raise ValueError(f"{config}: no eval.scale / eval.steps ({err}); is this an evaluation run?") from err
 
 
+def centre_windows(size: int, scale: int, steps: int) -> list[Box]:
+    """The official centre crops of a size x size input, zoom by zoom (`coz_train.sr.chain.zoom_windows` without a
+    centre, which is not imported: it loads the SR backbones)."""
+    sides = [size // scale**k for k in range(1, steps + 1)]
+    return [((size - side) // 2, (size - side) // 2, (size - side) // 2 + side, (size - side) // 2 + side)
+            for side in sides]
+
+
+def read_windows(image_dir: Path, scale: int, steps: int) -> dict[str, tuple[Box, ...]] | None:
+    """Each result's windows as the eval run recorded them in `<image>/windows.json`; None without that file (a run
+    older than it: the centre)."""
+    path = image_dir / WINDOWS
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        size = int(data["start_size"])
+        windows = {label: tuple(_box(w) for w in boxes) for label, boxes in data["windows"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not the windows file an eval run writes ({{\"start_size\": P, \"windows\": "
+                         f"{{\"<method>\": [[left, top, right, bottom], ...]}}}}): {err}") from err
+    for label, boxes in windows.items():
+        for k, (left, top, right, bottom) in enumerate(boxes, start=1):
+            side = size // scale**k
+            if right - left != side or bottom - top != side or left < 0 or top < 0 or right > size or bottom > size:
+                raise ValueError(f"{path}: {label}'s window {k} {(left, top, right, bottom)} is not a {side} px square "
+                                 f"inside the {size} px input (eval.scale={scale}): the file does not belong to this "
+                                 "run; evaluate the image again.")
+        if len(boxes) > steps:
+            raise ValueError(f"{path}: {label} has {len(boxes)} windows for eval.steps={steps}.")
+    return windows
+
+
+def _box(values: list) -> Box:
+    if len(values) != 4 or any(int(v) != v for v in values):
+        raise ValueError(f"{values} is not [left, top, right, bottom] in whole pixels")
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
+
+
 def read_prompts(folder: Path, steps: int) -> dict[int, str]:
     path = folder / "prompts.json"
     if not path.is_file():
@@ -95,16 +148,23 @@ def read_runs(runs: list[str | Path], prefix_conditions: bool = False) -> RunSet
             raise ValueError(f"{given} zooms {steps} x {scale}x but the first run {runs[0]} zooms "
                              f"{result.steps} x {result.scale}x: build a study from runs of one geometry.")
         for image_dir in sorted(p for p in per_sample.iterdir() if p.is_dir()):
+            recorded = read_windows(image_dir, scale, steps)
             for folder in sorted(p for p in image_dir.iterdir() if p.is_dir()):
                 if not (folder / "0.png").is_file():
                     continue
+                if recorded is not None and folder.name in recorded:
+                    windows = recorded[folder.name]
+                else:  # an older run, or a result recording no windows: the centre, as every chain zoomed then
+                    with Image.open(folder / "0.png") as start:
+                        windows = tuple(centre_windows(start.width, scale, steps))
                 condition = f"{run.name}/{folder.name}" if prefix_conditions else folder.name
                 key = (condition, image_dir.name)
                 if key in result.chains:
                     raise ValueError(
                         f"Condition {condition!r} of image {image_dir.name!r} is in {result.chains[key].run} and in "
                         f"{run}: set study.prefix_conditions=true (conditions become <run folder>/<label>).")
-                result.chains[key] = ChainFiles(run, folder, image_dir.name, folder.name, read_prompts(folder, steps))
+                result.chains[key] = ChainFiles(run, folder, image_dir.name, folder.name, read_prompts(folder, steps),
+                                                windows)
                 if condition not in result.conditions:
                     result.conditions.append(condition)
     assert result is not None

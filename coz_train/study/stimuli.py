@@ -4,9 +4,12 @@ An item is (eval image, zoom scale), named `<image>@<scale>x`. A stimulus is wha
 - image test: the condition's state at that scale (`<k>.png`), with the low-resolution input region beside
   it (`study.image_reference=crop`), the whole input with the region outlined (`input`) or nothing (`none`);
 - text test: the condition's prompt for that step shown with the two images it was written from: the
-  previous state and its centre crop bicubic-upscaled (the "zoomed" image; for `onestep-*` the input and
-  the input's crop at that zoom, what the one-step prompt source sees). Conditions without any prompt
+  previous state and its crop that was zoomed into, bicubic-upscaled (the "zoomed" image; for `onestep-*` the
+  input and the input's crop at that zoom, what the one-step prompt source sees). Conditions without any prompt
   (`nearest`, `*-null`) are not in the text test.
+Every region is the one the eval run zoomed into (`ChainFiles.windows`: the centre, or around the run's
+eval.zoom_centre / eval.zoom_centres); conditions of one image that zoomed into different regions (runs with
+other zoom centres) are refused, as their ratings would compare different content.
 mos mode: one stimulus per (item, condition); pair mode: one per (item, unordered pair of conditions).
 Controls (hidden screening, `check="control"`): the image test's is `study.checks.control_condition`
 (`nearest`) at the largest zoom, the text test's a prompt written for another item. Their condition is
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 from PIL import Image
 
-from coz_train.study.media import MediaWriter, low_resolution_region, outlined_input, zoomed_view
+from coz_train.study.media import MediaWriter, low_resolution_region, outlined_input, region_in_state, zoomed_view
 from coz_train.study.ratings import TESTS
 from coz_train.study.runs import ChainFiles, RunSet
 
@@ -101,20 +104,38 @@ class _Images:
         return self.media.add_file(chain.state(k), f"{chain.folder}/{k}.png")
 
     def reference(self, chain: ChainFiles, scale: int, how: str) -> str | None:
+        """The input's region that the state at `scale` shows: enlarged (`crop`) or outlined in the input."""
         if how == "none":
             return None
-        start = self.open(chain, 0)
-        made = low_resolution_region(start, scale) if how == "crop" else outlined_input(start, scale)
-        return self.media.add_image(made, f"{how} reference of {chain.folder}/0.png at {scale}x")
+        start, window = self.open(chain, 0), chain.window(self.runs.scales.index(scale) + 1)
+        made = low_resolution_region(start, window) if how == "crop" else outlined_input(start, window)
+        return self.media.add_image(made, f"{how} reference of {chain.folder}/0.png at {scale}x, {list(window)}")
 
     def prompt_inputs(self, chain: ChainFiles, k: int) -> tuple[str, str]:
-        """[previous, zoomed] as the prompt source saw them at step k."""
+        """[previous, zoomed] as the prompt source saw them at step k: the input and its window W_k (`onestep`),
+        else state k-1 and its crop showing W_k."""
         if chain.method == "onestep":
-            previous_id, previous, zoom = self.state(chain, 0), self.open(chain, 0), self.runs.scale**k
+            previous_id, previous, box = self.state(chain, 0), self.open(chain, 0), chain.window(k)
         else:
-            previous_id, previous, zoom = self.state(chain, k - 1), self.open(chain, k - 1), self.runs.scale
-        zoomed = self.media.add_image(zoomed_view(previous, zoom), f"zoomed view of {chain.folder} at step {k}")
+            previous_id, previous = self.state(chain, k - 1), self.open(chain, k - 1)
+            shown = chain.window(k - 1) if k > 1 else (0, 0, previous.width, previous.height)
+            box = region_in_state(chain.window(k), shown, previous.width)
+        zoomed = self.media.add_image(zoomed_view(previous, box), f"zoomed view of {chain.folder} at step {k}")
         return previous_id, zoomed
+
+
+def check_same_regions(chains: list[ChainFiles]) -> None:
+    """The conditions of one image show the same regions of it, zoom by zoom (as far as each chain goes)."""
+    first = chains[0]
+    for other in chains[1:]:
+        steps = min(len(first.windows), len(other.windows))
+        if first.windows[:steps] != other.windows[:steps]:
+            k = next(k for k in range(steps) if first.windows[k] != other.windows[k]) + 1
+            raise ValueError(
+                f"Image {first.image!r}: {first.label} of {first.run} shows the region {first.windows[k - 1]} at step "
+                f"{k} but {other.label} of {other.run} shows {other.windows[k - 1]} (the runs zoomed around other "
+                "points: eval.zoom_centre / eval.zoom_centres): a study compares the same region; build it from "
+                "runs with the same zoom centres, or pick conditions of one run (study.conditions).")
 
 
 def build_stimuli(runs: RunSet, study: DictConfig, media: MediaWriter) -> StimulusSet:
@@ -132,6 +153,8 @@ def build_stimuli(runs: RunSet, study: DictConfig, media: MediaWriter) -> Stimul
     if not common:
         raise ValueError(f"No eval image has all of {conditions}: pick conditions of the same images.")
     images = _pick(None if study.images is None else list(study.images), common, "study.images")
+    for image in images:
+        check_same_regions([runs.chains[c, image] for c in conditions])
     scales = _pick(None if study.scales is None else [int(s) for s in study.scales], runs.scales, "study.scales")
     items = [{"id": item_id(image, s), "image": image, "scale": s} for image in images for s in scales]
     step = {s: k for k, s in enumerate(runs.scales, start=1)}
@@ -194,6 +217,7 @@ def _controls(runs: RunSet, study: DictConfig, out: StimulusSet, pics: _Images, 
                              "study.checks.controls=0.")
         pool = []
         for image in images:
+            check_same_regions([runs.chains[out.test_conditions["image"][0], image], runs.chains[name, image]])
             item = {"id": item_id(image, scale), "image": image, "scale": scale}
             degraded = Panel((pics.state(runs.chains[name, image], step[scale]),))
             reference = pics.reference(runs.chains[name, image], scale, study.image_reference)
@@ -239,7 +263,7 @@ def _anchors(runs: RunSet, study: DictConfig, out: StimulusSet, pics: _Images, s
     if "image" in out.test_conditions:
         chain = runs.chains[out.test_conditions["image"][0], first["image"]]
         start = pics.open(chain, 0)
-        low = pics.media.add_image(low_resolution_region(start, max(runs.scales)), "low anchor")
+        low = pics.media.add_image(low_resolution_region(start, chain.window(runs.steps)), "low anchor")
         anchors["image"] = [{"images": [pics.state(chain, 0)], "text": "", "caption": study.texts.anchor_high},
                             {"images": [low], "text": "", "caption": study.texts.anchor_low}]
     if "text" in out.test_conditions and out.controls.get("text"):

@@ -2,7 +2,8 @@
 
 The evaluation is `+experiment=smoke_eval` with the `recursive` method added (the paper's "Single"
 condition: the base VLM sees only the zoomed crop) and only the VLM prompt source, PSNR as the one metric
-and no figures: about half a minute on one CPU thread.
+and no figures: about half a minute on one CPU thread. `centred_eval_run`, for the tests of a chosen zoom
+centre only, is a smaller one of one image zooming around ZOOM_CENTRE.
 """
 
 from __future__ import annotations
@@ -37,6 +38,28 @@ def eval_run(compose_cfg, tmp_path_factory) -> Path:
     cfg = compose_cfg(SMOKE_EVAL, out)
     evaluate(cfg)
     (out / ".hydra").mkdir(exist_ok=True)  # written by @hydra.main in a real run; compose does not
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return out
+
+
+ZOOM_CENTRE = (0.25, 0.25)
+CENTRED_EVAL = ["+experiment=smoke_eval", "eval.methods=[nearest,onestep,recursive_multiscale]",
+                "eval.prompt_sources=[vlm]", "eval.onestep_prompt_sources=[vlm]", "eval.metrics=[psnr]",
+                "eval.consistency_metrics=[]", "eval.figures=false", "eval.max_images=1",
+                "eval.zoom_centre=[{},{}]".format(*ZOOM_CENTRE)]
+
+
+@pytest.fixture(scope="session")
+def centred_eval_run(compose_cfg, tmp_path_factory) -> Path:
+    """A real evaluation run of astronaut whose chains zoom around ZOOM_CENTRE instead of the centre."""
+    from omegaconf import OmegaConf
+
+    from coz_train.eval.run import evaluate
+
+    out = tmp_path_factory.mktemp("centred_eval")
+    cfg = compose_cfg(CENTRED_EVAL, out)
+    evaluate(cfg)
+    (out / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
     return out
 

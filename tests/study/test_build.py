@@ -8,8 +8,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import CONDITIONS
+from conftest import CONDITIONS, ZOOM_CENTRE
 from PIL import Image
 from study_helpers import invitations, manifest, snapshot
 
@@ -173,3 +174,81 @@ def test_bad_runs_and_an_existing_study_are_refused(eval_run, tmp_path, make_stu
     with pytest.raises(FileNotFoundError, match=r"has no \.hydra/config\.yaml"):
         build([str(copy)], load_config(["study.name=z", f"study.dir={tmp_path / 'z'}"]))
     assert not Path(tmp_path / "z").exists()
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_a_study_of_a_run_with_a_zoom_centre_shows_the_region_the_run_zoomed_into(centred_eval_run, tmp_path):
+    from coz_train.sr.chain import step_boxes, zoom_windows
+
+    windows, centre = zoom_windows(128, 4, 3, ZOOM_CENTRE), zoom_windows(128, 4, 3)
+    chains = centred_eval_run / "per-sample" / "astronaut"
+    start = Image.open(chains / "nearest" / "0.png").convert("RGB")
+    step = {4: 1, 16: 2, 64: 3}
+
+    def study(name: str, *overrides: str) -> tuple[Path, dict]:
+        conditions = "study.conditions=[onestep-vlm,recursive_multiscale-vlm]"
+        folder = build([str(centred_eval_run)],
+                       load_config([f"study.name={name}", f"study.dir={tmp_path / name}", conditions, *overrides]))
+        return folder, manifest(folder)
+
+    folder, m = study("crop")
+    controls = [s for s in m["raters"]["r01"] if s["check"] == "control" and s["test"] == "image"]  # nearest, 64x
+    stimuli = m["stimuli"]["ordinary"]["image"] + controls
+    assert {s["item"] for s in stimuli} == {"astronaut@4x", "astronaut@16x", "astronaut@64x"}
+    for stimulus in stimuli:  # beside each state: the input's pixels of the window the run zoomed into
+        k = step[stimulus["scale"]]
+        reference = pixels(folder / m["media"][stimulus["reference"]]["file"])
+        assert np.array_equal(reference, np.asarray(start.crop(windows[k - 1]).resize((128, 128), Image.NEAREST)))
+        assert not np.array_equal(reference, np.asarray(start.crop(centre[k - 1]).resize((128, 128), Image.NEAREST)))
+    low = pixels(folder / m["media"][m["anchors"]["image"][1]["images"][0]]["file"])
+    assert np.array_equal(low, np.asarray(start.crop(windows[2]).resize((128, 128), Image.NEAREST)))
+    for stimulus in m["stimuli"]["ordinary"]["text"]:  # the zoomed view: the crop the chain's prompt was written from
+        k, (condition,) = step[stimulus["scale"]], stimulus["conditions"]
+        previous, zoomed = (pixels(folder / m["media"][i]["file"]) for i in stimulus["panels"][0]["images"])
+        source = 0 if condition == "onestep-vlm" else k - 1  # onestep's prompt source saw the input's window
+        box = windows[k - 1] if condition == "onestep-vlm" else step_boxes(windows, 128, 4)[k - 1]
+        crop = Image.fromarray(pixels(chains / condition / f"{source}.png")).crop(box)
+        assert np.array_equal(zoomed, np.asarray(crop.resize((128, 128), Image.BICUBIC)))
+        assert np.array_equal(previous, pixels(chains / condition / f"{source}.png"))
+
+    folder, m = study("input", "study.image_reference=input", "study.tests=[image]")
+    for stimulus in m["stimuli"]["ordinary"]["image"]:  # the input with that window framed in red, 1 px out
+        left, top, right, bottom = windows[step[stimulus["scale"]] - 1]
+        if right - left < 6:  # a 2 px window is framed 6 px wide around its middle
+            middle = (left + right) // 2
+            left, top, right, bottom = middle - 3, (top + bottom) // 2 - 3, middle + 3, (top + bottom) // 2 + 3
+        outlined = pixels(folder / m["media"][stimulus["reference"]]["file"])
+        frame = np.zeros(outlined.shape[:2], dtype=bool)
+        frame[top - 1 : bottom + 1, left - 1 : right + 1] = True
+        frame[top:bottom, left:right] = False
+        assert (outlined[frame] == (255, 32, 32)).all()
+        assert np.array_equal(outlined[~frame], np.asarray(start)[~frame])
+
+
+def test_conditions_that_zoomed_into_other_regions_are_refused_and_old_runs_mean_the_centre(
+        eval_run, centred_eval_run, tmp_path):
+    both = [f"{eval_run.name}/recursive_multiscale-vlm", f"{centred_eval_run.name}/recursive_multiscale-vlm"]
+    cfg = load_config(["study.name=mixed", f"study.dir={tmp_path / 'mixed'}", "study.prefix_conditions=true",
+                       f"study.conditions=[{','.join(both)}]", "study.checks.controls=0"])
+    with pytest.raises(ValueError, match=r"Image 'astronaut': recursive_multiscale-vlm of .* shows the region "
+                                         r"\(48, 48, 80, 80\) at step 1 but .* shows \(16, 16, 48, 48\).*same zoom "
+                                         r"centres"):
+        build([str(eval_run), str(centred_eval_run)], cfg)
+    assert not (tmp_path / "mixed").exists()
+    # a run folder from before windows.json: the centre, which is what its chains zoomed into
+    old = tmp_path / "old"
+    shutil.copytree(eval_run, old)
+    assert [p.unlink() for p in old.glob("per-sample/*/windows.json")]
+    made = {}
+    for run in (eval_run, old):
+        name = f"from-{run.name}"
+        folder = build([str(run)], load_config([f"study.name={name}", f"study.dir={tmp_path / name}",
+                                                f"study.conditions=[{','.join(CONDITIONS)}]"]))
+        m = manifest(folder)
+        made[run] = {media: (folder / entry["file"]).read_bytes() for media, entry in m["media"].items()
+                     if not entry["source"].startswith(str(run))}  # the images made by the study
+    assert made[eval_run] == made[old] and made[old]
