@@ -64,8 +64,9 @@ def _paths(schema: type, prefix: str = "") -> set[str]:
 @cache
 def known_keys() -> frozenset[str]:
     """Every key and section of the training and study configs, and every reward parameter."""
-    from coz_train.config import BackboneSection, CozTrainConfig
+    from coz_train.config import CozTrainConfig
     from coz_train.docs_reference.registries import rewards
+    from coz_train.eval_sections import BackboneSection
     from coz_train.study.config import StudyConfig
 
     keys = _paths(CozTrainConfig) | _paths(StudyConfig)

@@ -29,7 +29,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     for unknown in unknown_keys(markdown):
         closest = f"; the closest: {', '.join(unknown.closest)}" if unknown.closest else ""
         log.warning(
-            "%s:%d: `%s` is not a config key (coz_train/config.py, coz_train/study/config.py, the reward registry)%s",
+            "%s:%d: `%s` is not a config key (coz_train/config.py, coz_train/eval_sections.py, coz_train/study/config.py, the reward registry)%s",
             page.file.src_uri,
             unknown.line,
             unknown.key,

@@ -109,7 +109,7 @@ def configuration_page() -> str:
     intro = (
         "Every key of the training config: `python -m coz_train`, `.data`, `.eval`, `.critic_server`, `.bench` "
         "and `.eval.checkpoints` compose `conf/config.yaml` with their `key=value` overrides and check the "
-        "result against the dataclasses of `coz_train/config.py`. *value* is what a run gets without "
+        "result against the dataclasses of `coz_train/config.py` (the evaluation's sections: `coz_train/eval_sections.py`). *value* is what a run gets without "
         "overrides (interpolations as written); *schema* is the dataclass default where the config files "
         "change it. Help texts are the trailing comments of the fields; `grpo` has TRL's own.\n\n"
         "`python -m coz_train --cfg job` prints a composed config without running anything "

@@ -74,7 +74,7 @@ def trl_grpo_help() -> dict[str, str]:
 @cache
 def derived_help() -> dict[str, Callable[[str], str]]:
     """Help of the sections built at import time, by class name: where their fields' help comes from."""
-    from coz_train.config import BackboneSection
+    from coz_train.eval_sections import BackboneSection
 
     backbone = _class_source_help(BackboneSection)
     return {

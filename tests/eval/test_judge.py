@@ -15,7 +15,6 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from coz_train.config import JUDGE_QUESTION, JudgeConfig
 from coz_train.eval.judge import (
     METRIC,
     JudgeCache,
@@ -31,6 +30,7 @@ from coz_train.eval.judge.run_folder import judge_run, judge_section
 from coz_train.eval.methods import check_eval_config
 from coz_train.eval.run import evaluate
 from coz_train.eval.tables import higher_is_better
+from coz_train.eval_sections import JUDGE_QUESTION, JudgeConfig
 from coz_train.rewards.critic import CriticScoringError, CriticUnavailableError, load_critic_backend
 from coz_train.sr.chain import Chain
 

@@ -54,7 +54,7 @@ def check_judge(section: DictConfig | None) -> None:
 
 def check_instruction(section: DictConfig) -> None:
     """The question is not empty, names no placeholder but `{score_max}`, and asks for 0..score_max."""
-    from coz_train.config import JUDGE_QUESTION
+    from coz_train.eval_sections import JUDGE_QUESTION
 
     text = section.instruction
     if not text or not text.strip():

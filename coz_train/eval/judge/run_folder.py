@@ -30,13 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from coz_train.config import JudgeConfig, config_dir
+from coz_train.config import config_dir
 from coz_train.eval.images import eval_image_list
 from coz_train.eval.judge.hallucination import HallucinationJudge, load_judge
 from coz_train.eval.judge.pairs import METRIC
 from coz_train.eval.merge import IncompleteRunError, merge, missing_images
 from coz_train.eval.methods import method_labels, zoom_scales
 from coz_train.eval.record import RECORD, SCORES, per_sample, read_sample, recorded_config, sample_dir
+from coz_train.eval_sections import JudgeConfig
 from coz_train.sr.chain import Chain
 
 log = logging.getLogger(__name__)

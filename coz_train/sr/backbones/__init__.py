@@ -47,7 +47,8 @@ def backbone_section(name: str, overrides: dict[str, Any], key: str) -> DictConf
 
     `key` names where the overrides come from (`data.backbone`, `rewards.sr_quality.backbone`) in errors.
     """
-    from coz_train.config import BackboneSection, config_dir
+    from coz_train.config import config_dir
+    from coz_train.eval_sections import BackboneSection
 
     cfg = OmegaConf.structured(BackboneSection)
     shipped = Path(config_dir()) / "eval" / "backbone" / f"{name}.yaml"
