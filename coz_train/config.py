@@ -179,6 +179,7 @@ class PerfConfig:
     load_once: bool = False  # each training row read and its images decoded once per generation batch (TRL: 8 x G)
     image_cache: bool = False  # CPU preprocessing (resize, patchify) once per distinct image, for policy and critic
     text_cache: bool = False  # the policy processor tokenizes each distinct prompt of a call once (TRL: G copies)
+    dedup_prompts: bool = False  # the policy processor's call runs each distinct prompt (text + images) once
     vision_cache: bool = False  # frozen vision tower: each distinct image is encoded once, reused by every pass
     vision_cache_images: int = 64  # images kept across steps (least recently used are dropped)
     pixel_handles: bool = False  # with both caches: a handle per pixel row instead of the expanded pixel rows

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
-            "group_batches", "critic_prefix", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
+SWITCHES = ("load_once", "image_cache", "text_cache", "dedup_prompts", "vision_cache", "pixel_handles",
+            "group_prefix", "group_batches", "critic_prefix", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 LIBRARIES = ("transformers", "trl", "peft", "torch")  # named with their versions in the error
 PINNED_INSTALL = "pip install -c .ci/constraints.txt -e ."
 BACKBONES = ("Qwen2_5_VLModel", "Qwen2VLModel")  # the Qwen-VL language backbones the prefix switches run
@@ -204,6 +204,19 @@ def processor_parts() -> None:
     need(not missing, f"Qwen2_5_VLProcessor has no {', '.join(missing)} part")
 
 
+def processor_call() -> None:
+    """`perf.dedup_prompts` sets the trainer's `processing_class` to a subclass of the processor's class whose call
+    serves repeated rows: TRL calls the processor through that attribute, images and text per row."""
+    import trl.trainer.grpo_trainer as grpo
+
+    (processor,) = transformers_classes(("Qwen2_5_VLProcessor",))
+    takes("Qwen2_5_VLProcessor.__call__", processor.__call__, ("images", "text"))
+    mentions("GRPOTrainer._generate_and_score_completions", grpo.GRPOTrainer._generate_and_score_completions,
+             "self.processing_class(images=images, text=")
+    mentions("GRPOTrainer._tokenize_prompts", grpo.GRPOTrainer._tokenize_prompts,
+             "self.processing_class.apply_chat_template(")
+
+
 def row_shuffle() -> None:
     """`perf.group_batches` replaces TRL's module function `shuffle_sequence_dict` while `_prepare_inputs` runs
     (TRL has no option for the order of rows within a generation batch)."""
@@ -253,6 +266,7 @@ SEAMS = (
          ("group_prefix", "rollout_prefix", "merge_adapters_for_generation", "compiled_decode"), trl_rollouts_generate),
     Seam("backbone get_image_features", ("vision_cache", "pixel_handles"), image_features),
     Seam("Qwen2.5-VL processor parts", ("image_cache", "text_cache", "pixel_handles"), processor_parts),
+    Seam("processor call, per row", ("dedup_prompts",), processor_call),
     Seam("TRL shuffle_sequence_dict", ("group_batches",), row_shuffle),
     Seam("PEFT LoraLayer merge", ("merge_adapters_for_generation",), lora_merge),
     Seam("CompileConfig / GenerationConfig", ("compiled_decode",), compile_config),

@@ -5,6 +5,8 @@
 - `load_once`: the trainer's training dataset becomes a `RowsOnce` over it (`coz_train.perf.load_once`);
 - `image_cache`: the processor's image processor becomes a `CachedImageProcessor` (`coz_train.perf.image_cache`);
 - `text_cache`: the processor's tokenizer becomes a `DedupTokenizer` (`coz_train.perf.text_cache`);
+- `dedup_prompts`: the trainer's processor becomes a `DedupPrompts` over it, whose call processes each distinct
+  prompt once (`coz_train.perf.dedup_prompts`);
 - `vision_cache`: the policy's (and the reference model's) backbone gets a `VisionFeatureCache` as its
   `vision_cache`, which its `get_image_features` asks (`coz_train.perf.vision_cache`);
 - `pixel_handles`: the cached image processor hands out `PixelHandles` and the vision caches read the pixels
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from coz_train.perf.compiled_decode import check_cache_implementation
+from coz_train.perf.dedup_prompts import install_dedup_prompts
 from coz_train.perf.group_prefix import SharedPrompt
 from coz_train.perf.image_cache import install_image_cache
 from coz_train.perf.load_once import RowsOnce
@@ -47,8 +50,8 @@ from coz_train.zero3 import trainer_uses_zero3
 
 log = logging.getLogger(__name__)
 
-SWITCHES = ("load_once", "image_cache", "text_cache", "vision_cache", "pixel_handles", "group_prefix",
-            "group_batches", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
+SWITCHES = ("load_once", "image_cache", "text_cache", "dedup_prompts", "vision_cache", "pixel_handles",
+            "group_prefix", "group_batches", "merge_adapters_for_generation", "rollout_prefix", "compiled_decode")
 
 
 class FastPath:
@@ -89,6 +92,8 @@ class FastPath:
                                             lambda: install_image_cache(processor, self.image_cache_images, handles))
         if self.on("text_cache") and getattr(processor, "tokenizer", None) is not None:
             self._record(processor, "tokenizer", "text_cache", lambda: install_text_cache(processor))
+        if self.on("dedup_prompts") and (dedup := install_dedup_prompts(trainer)) is not None:
+            self.changes.append(Replacement(trainer, "processing_class", dedup, "dedup_prompts").apply())
         if self.on("vision_cache"):
             for role, model in models:
                 inner, backbone = switchable(model, "perf.vision_cache")

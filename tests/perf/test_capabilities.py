@@ -91,6 +91,9 @@ class ProcessorWithoutTokenizer:
     def get_attributes(cls):
         return ["image_processor"]
 
+    def __call__(self, images=None, text=None, **kwargs):
+        return {}
+
 
 def prepare_cache_old(self, generation_config, model_kwargs, *args):
     user_defined_cache = model_kwargs.get("past_key_values")
@@ -109,6 +112,10 @@ def rollouts_in_batches(self, prompt_ids, images, multimodal_fields, num_generat
 
 def prepare_inputs_in_order(self, generation_batch):
     return generation_batch
+
+
+def score_with_image_inputs_only(self, inputs):
+    return self.processing_class.image_processor(images=[x["images"] for x in inputs])
 
 
 class LoraLayerWithoutUnmerge:
@@ -155,6 +162,9 @@ CHANGES = {  # seam: (change the library, switch, what the error says)
     "Qwen2.5-VL processor parts": (lambda mp: mp.setattr(transformers, "Qwen2_5_VLProcessor",
                                                          ProcessorWithoutTokenizer),
                                    "text_cache", r"Qwen2_5_VLProcessor has no tokenizer part"),
+    "processor call, per row": (lambda mp: mp.setattr(GRPOTrainer, "_generate_and_score_completions",
+                                                       score_with_image_inputs_only), "dedup_prompts",
+                                r"_generate_and_score_completions no longer contains `self.processing_class\(images="),
     "TRL shuffle_sequence_dict": (lambda mp: mp.setattr(GRPOTrainer, "_prepare_inputs", prepare_inputs_in_order),
                                   "group_batches", r"_prepare_inputs no longer contains `shuffle_sequence_dict\(`"),
     "PEFT LoraLayer merge": (lambda mp: mp.setattr(peft_lora, "LoraLayer", LoraLayerWithoutUnmerge),

@@ -9,6 +9,7 @@ import pytest
 import trl.trainer.grpo_trainer as trl_grpo
 from trl.trainer.utils import shuffle_sequence_dict
 
+from coz_train.perf.dedup_prompts import DedupPrompts
 from coz_train.perf.fast_path import FastPath
 from coz_train.perf.group_batches import group_shuffle
 from coz_train.perf.group_prefix import SharedPrompt
@@ -30,7 +31,9 @@ def test_install_logs_each_change_and_remove_puts_every_object_back(make_config,
         trainer, _ = build_trainer(make_config(*FAST))
     fast_path = trainer.fast_path
     inner = unwrap(trainer.model)
-    processor = trainer.processing_class
+    assert isinstance(trainer.processing_class, DedupPrompts)
+    processor = trainer.processing_class.wrapped
+    assert trainer.processing_class.__dict__ is processor.__dict__
     assert isinstance(processor.__dict__["image_processor"], CachedImageProcessor)
     assert isinstance(inner.model.vision_cache, VisionFeatureCache)
     assert isinstance(inner.model.shared_prompt, SharedPrompt) and isinstance(inner.rollout_prefix, RolloutPrefix)
@@ -42,16 +45,16 @@ def test_install_logs_each_change_and_remove_puts_every_object_back(make_config,
     installed = next(r.getMessage() for r in caplog.records if "fast path installed" in r.getMessage())
     dataset = trainer.train_dataset
     assert isinstance(dataset, RowsOnce) and fast_path.vision_caches[0].pixel_source is fast_path.image_cache
-    for text in ("train_dataset", "image_processor", ".tokenizer", "Model.vision_cache", "pixel_source",
+    for text in ("train_dataset", "image_processor", ".tokenizer", "processing_class", "Model.vision_cache", "pixel_source",
                  "Model.shared_prompt", "ForConditionalGeneration.rollout_prefix",
                  "merge_adapters_for_generation", "compiled_decode", "shuffle_sequence_dict",
                  "ForConditionalGeneration.forward -> coz_train.perf.trl_seams.CompletionScoring"):
         assert text in installed, text
     changes = list(fast_path.changes)
-    assert len(changes) == 11
+    assert len(changes) == 12
 
     trainer.remove_fast_path()
-    assert trainer.fast_path is None and fast_path.changes == []
+    assert trainer.fast_path is None and fast_path.changes == [] and trainer.processing_class is processor
     real = fast_path.image_cache._wrapped
     assert processor.__dict__["image_processor"] is real
     assert inner.model.vision_cache is None and inner.model.shared_prompt is None and inner.rollout_prefix is None
