@@ -16,11 +16,12 @@ The preprocessed images live in a `PreprocessedImages` store. The caches that `i
 image processors of one class share that class's store, so equally configured processors (the policy's and a
 Qwen critic's: the same class and `to_dict()`) preprocess each image once between them: the critic reads the
 policy's patches of the step's images instead of resizing and patchifying them again. Differently configured
-ones only share the store's room (the configuration is part of every key). A stored image's pixel rows are a
-view of the batch output they came in (no copy); nothing writes into them (the processor's callers get a
-concatenation or handles, and the vision tower reads them), which tests/perf/test_image_cache.py checks after a
-forward and backward pass. Calls it cannot serve
-from per-image pieces (outputs other than the tensors `pixel_values` / `image_grid_thw`, non-PIL inputs,
+ones only share the store's room (the configuration is part of every key). Unseen images go through the image
+processor one per call where it processes them one by one anyway (a torch image processor on the CPU): a stored
+image's pixel rows are then that call's output, and no concatenation of every unseen image's rows (~6 MB each at
+504 px) is made only to be cut up again; elsewhere they are a view of the batch output they came in. Nothing writes
+into them (the processor's callers get a concatenation or handles, and the vision tower reads them), which
+tests/perf/test_image_cache.py checks after a forward and backward pass. Calls it cannot serve from per-image pieces (outputs other than the tensors `pixel_values` / `image_grid_thw`, non-PIL inputs,
 `return_tensors` other than "pt") go straight to the real image processor.
 
 With `handles=True` (`perf.pixel_handles`, for a model whose vision tower reads through a
@@ -185,6 +186,14 @@ def config_key(image_processor: Any) -> str:
     return f"{type(image_processor).__qualname__}:{json.dumps(image_processor.to_dict(), sort_keys=True, default=repr)}"
 
 
+def one_by_one(image_processor: Any, kwargs: dict) -> bool:
+    """Whether the image processor processes a call's images one by one: a torch image processor on the CPU with
+    grouping left to its default (transformers groups equally sized images into one batch on other devices only)."""
+    grouping = kwargs.get("disable_grouping", getattr(image_processor, "disable_grouping", None))
+    device = kwargs.get("device", getattr(image_processor, "device", None))
+    return grouping is True or (grouping is None and device in (None, "cpu"))
+
+
 def _cached_class(kind: type) -> type:
     """`Cached<kind>`: the image processor class `kind` with the cache in front of its `__call__`, one per class."""
     return wrapper_class("Cached", CachedImageProcessor, kind)
@@ -268,12 +277,15 @@ class CachedImageProcessor:
             for key, image in zip(keys, flat, strict=True):
                 if key not in store.entries and key not in missing:
                     missing[key] = image
-            if missing:
-                out = self._wrapped(list(missing.values()), **kwargs)
+            # each image on its own where the image processor processes them one by one anyway (on the CPU, grouping
+            # off): its rows are then the output itself, not a slice of a concatenation of all of them (~6 MB each)
+            batches = [[k] for k in missing] if one_by_one(self._wrapped, kwargs) else [list(missing)] if missing else []
+            for batch in batches:
+                out = self._wrapped([missing[k] for k in batch], **kwargs)
                 if set(out.keys()) != SERVED_KEYS or not all(isinstance(out[k], torch.Tensor) for k in SERVED_KEYS):
                     self._last = None
                     return self._wrapped(images, **kwargs)
-                store.add(list(missing), out)
+                store.add(batch, out)
             pieces = store.take(keys)
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
