@@ -19,6 +19,14 @@ processor's own call as it is: no repeated row, videos or audio, images not give
 placeholders do not match its images (the processor would then pair images across rows), overflowing tokens or
 text pairs, or an output key it does not know.
 
+Its `apply_chat_template` does the same for conversations, which TRL renders twice per step (a batch of the
+B x G conversations for generation, then each one alone for the log-prob inputs): a batch's conversations are keyed
+by their structure, texts and images, the distinct ones rendered (and processed, with `tokenize=True`) once and
+repeated to their rows; a single conversation's text is kept by the same key and the call's options for the next
+`TEXT_MEMORY` distinct ones. A chat template is a function of the conversation and the options (a template that
+reads the clock, e.g. `strftime_now`, renders the date of a conversation's first rendering while it is kept).
+Conversations holding anything but texts, numbers, lists, dicts and images go to the processor's method as they are.
+
 The wrapper says what it is. The trainer's `processing_class` becomes an instance of `DedupPrompts<Class>`, a
 subclass of the processor's own class (made once per class, e.g. `DedupPromptsQwen2_5_VLProcessor`) sharing
 the wrapped processor's attribute dictionary: its image processor and tokenizer are the processor's (and their
@@ -29,6 +37,7 @@ caches, when those switches are on). Its own are `__call__`, two counters and sa
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -39,6 +48,7 @@ from coz_train.perf.wrapper_class import unwrapped, wrapper_class
 ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 IMAGE_KEYS = ("image_grid_thw",)
 PIXEL_KEYS = ("pixel_values",)
+TEXT_MEMORY = 256  # one-conversation texts kept (distinct conversations and options)
 _UNSERVED = ("text_pair", "text_target", "text_pair_target", "return_overflowing_tokens", "return_offsets_mapping",
              "return_text_replacement_offsets")
 
@@ -64,12 +74,52 @@ def _rows(value: Any, index: list[int]) -> Any:
     return [copy.copy(value[i]) for i in index]  # each row its own list
 
 
+class _Unkeyed(Exception):
+    """A value a conversation key cannot stand for (a function, a file path to load, ...)."""
+
+
+def content_key(value: Any) -> Any:
+    """A hashable key equal for equal conversations (or chat-template options): their structure and texts, each
+    image by size, mode and pixel digest."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return (type(value).__name__, value)
+    if _is_image(value):
+        return ("image", value.size, value.mode, digest(value))
+    if isinstance(value, dict):
+        return ("dict", *((k, content_key(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("list", *(content_key(v) for v in value))
+    raise _Unkeyed(type(value).__name__)
+
+
+def _images_in(value: Any) -> int:
+    if _is_image(value):
+        return 1
+    if isinstance(value, dict):
+        return sum(_images_in(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_images_in(v) for v in value)
+    return 0
+
+
+def _first_rows(owner: list[int]) -> list[int]:
+    """The first row of each distinct item, items numbered in the order they first appear."""
+    distinct: list[int] = []
+    for r, g in enumerate(owner):
+        if g == len(distinct):
+            distinct.append(r)
+    return distinct
+
+
 class DedupPrompts:
     """The base of every `DedupPrompts<Class>` (see the module's docstring): `DedupPrompts(processor)` is an instance
     of `DedupPrompts<type(processor)>` sharing `processor`'s attributes. `rows` counts the rows asked for,
-    `processed` the rows run through the processor's call."""
+    `processed` the rows run through the processor's call; `conversations` and `rendered` the same for
+    `apply_chat_template`."""
 
-    __slots__ = ("_wrapped", "rows", "processed")
+    __slots__ = ("_wrapped", "rows", "processed", "conversations", "rendered", "_texts")
 
     def __new__(cls, processor: Any) -> DedupPrompts:
         return object.__new__(_dedup_class(type(_unwrapped(processor))) if cls is DedupPrompts else cls)
@@ -79,6 +129,8 @@ class DedupPrompts:
         object.__setattr__(self, "__dict__", processor.__dict__)  # the wrapped one's attributes, shared
         self._wrapped = processor
         self.rows = self.processed = 0
+        self.conversations = self.rendered = 0  # conversations asked for / run through the chat template
+        self._texts: OrderedDict[tuple, str] = OrderedDict()  # one conversation's text, by conversation and options
 
     @property
     def wrapped(self) -> Any:
@@ -116,6 +168,50 @@ class DedupPrompts:
             return self._wrapped(images=images, text=text, **kwargs)
         return expanded
 
+    def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any:
+        """The processor's `apply_chat_template`, each distinct conversation of a batch rendered (and, with
+        `tokenize=True`, processed) once; one conversation's text (`tokenize=False`) is kept for the next
+        `TEXT_MEMORY` distinct conversations (TRL renders each of a step's prompts again, one call each)."""
+        wrapped = self._wrapped
+        if args or kwargs.get("return_assistant_tokens_mask") or not isinstance(conversation, (list, tuple)):
+            return wrapped.apply_chat_template(conversation, *args, **kwargs)
+        try:
+            options = content_key(kwargs)
+            batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+            keys = [content_key(c) for c in conversation] if batched else [content_key(conversation)]
+        except _Unkeyed:
+            return wrapped.apply_chat_template(conversation, **kwargs)
+        self.conversations += len(keys)
+        if not batched:
+            if kwargs.get("tokenize"):
+                self.rendered += 1
+                return wrapped.apply_chat_template(conversation, **kwargs)
+            memo = (keys[0], options)
+            if memo not in self._texts:
+                self.rendered += 1
+                self._texts[memo] = wrapped.apply_chat_template(conversation, **kwargs)
+                while len(self._texts) > TEXT_MEMORY:
+                    self._texts.popitem(last=False)
+            self._texts.move_to_end(memo)
+            return self._texts[memo]
+        numbers: dict[Any, int] = {}
+        owner = [numbers.setdefault(key, len(numbers)) for key in keys]
+        if len(numbers) == len(owner):
+            self.rendered += len(owner)
+            return wrapped.apply_chat_template(conversation, **kwargs)
+        distinct = _first_rows(owner)
+        self.rendered += len(distinct)
+        out = wrapped.apply_chat_template([conversation[r] for r in distinct], **kwargs)
+        if not kwargs.get("tokenize"):
+            return [out[g] for g in owner]
+        if not kwargs.get("return_dict"):
+            return _rows(out, owner)
+        expanded = self._expand(out, owner, [_images_in(conversation[r]) for r in distinct])
+        if expanded is None:
+            self.rendered += len(owner)
+            return wrapped.apply_chat_template(conversation, **kwargs)
+        return expanded
+
     def _plan(self, images: Any, text: Any, kwargs: dict) -> tuple[list[int], list[int]] | None:
         """(the first row of each distinct prompt, each row's distinct prompt) when the call is covered and has
         a repeated row; None otherwise."""
@@ -133,10 +229,7 @@ class DedupPrompts:
                  for t, row in zip(text, images, strict=True)]
         if len(keys) == len(owner):
             return None
-        distinct: list[int] = []  # prompts are numbered in the order they first appear
-        for r, g in enumerate(owner):
-            if g == len(distinct):
-                distinct.append(r)
+        distinct = _first_rows(owner)
         if any(text[r].count(image_token) != len(images[r]) for r in distinct):
             return None  # the processor pairs images with placeholders across rows: not a per-row call
         return distinct, owner
@@ -147,6 +240,9 @@ class DedupPrompts:
         from transformers.feature_extraction_utils import BatchFeature
 
         if not set(out.keys()) <= set(ROW_KEYS + IMAGE_KEYS + PIXEL_KEYS):
+            return None
+        grid = out.get("image_grid_thw")
+        if grid is not None and len(grid) != sum(counts):  # images other than the ones counted (loaded from urls)
             return None
         starts = [0]
         for count in counts:
@@ -159,7 +255,6 @@ class DedupPrompts:
             elif key in IMAGE_KEYS:
                 data[key] = _rows(value, images)
         if "pixel_values" in out:
-            grid = out.get("image_grid_thw")
             if not isinstance(grid, torch.Tensor) or not isinstance(out["pixel_values"], torch.Tensor):
                 return None
             pieces = torch.split(out["pixel_values"], grid.prod(-1).tolist())

@@ -54,7 +54,39 @@ def test_repeated_prompts_are_processed_once_and_the_output_is_the_processors(pa
             assert got["input_ids"][0] == got["input_ids"][1] and got["input_ids"][0] is not got["input_ids"][1]
     if "image_cache_handles" in parts:
         assert isinstance(got["pixel_values"], PixelHandles)
-    assert (dedup.rows, dedup.processed) == (18, 6)  # 2 calls x 9 rows, 3 distinct prompts each
+    # 9 rows, 3 distinct prompts: the call, and the chat template twice (rendered and processed, rendered)
+    assert (dedup.rows, dedup.processed, dedup.conversations, dedup.rendered) == (9, 3, 18, 6)
+
+
+def test_the_chat_template_renders_each_distinct_conversation_once():
+    plain, dedup = processor_for(SHAPE), DedupPrompts(processor_for(SHAPE))
+    batch = grpo_batch(plain, groups=3, per_group=3, image_sizes=SIZES)
+    dedup.tokenizer.padding_side = plain.tokenizer.padding_side
+    prompts = copy.deepcopy(batch["prompts"])  # every row its own conversation and image objects, as after TRL's copy
+    options = dict(add_generation_prompt=True)
+    assert dedup.apply_chat_template(prompts, tokenize=False, **options) == \
+        plain.apply_chat_template(prompts, tokenize=False, **options)
+    assert (dedup.conversations, dedup.rendered) == (9, 3)
+    for kwargs in (dict(tokenize=True, return_dict=True),
+                   dict(tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs=dict(padding=True))):
+        assert_same(dedup.apply_chat_template(prompts, **options, **kwargs),
+                    plain.apply_chat_template(prompts, **options, **kwargs))
+    ids = dedup.apply_chat_template(prompts, tokenize=True, **options)
+    assert ids == plain.apply_chat_template(prompts, tokenize=True, **options) and ids[0] is not ids[1]
+    # one conversation a call (TRL's second rendering): each distinct one rendered once, kept by content and options
+    rendered = dedup.rendered
+    for prompt in prompts:
+        assert dedup.apply_chat_template(prompt, tokenize=False, **options) == \
+            plain.apply_chat_template(prompt, tokenize=False, **options)
+    assert dedup.rendered == rendered + 3
+    assert dedup.apply_chat_template(prompts[0], tokenize=False) == plain.apply_chat_template(prompts[0], tokenize=False)
+    assert dedup.rendered == rendered + 4  # other options: rendered again
+    # the control: an edited text is another conversation
+    edited = copy.deepcopy(prompts[0])
+    edited[0]["content"][0]["text"] += " Be brief."
+    assert dedup.apply_chat_template(edited, tokenize=False, **options) == \
+        plain.apply_chat_template(edited, tokenize=False, **options)
+    assert "Be brief." in dedup.apply_chat_template(edited, tokenize=False, **options)
 
 
 def test_rows_with_equal_text_and_other_images_stay_apart():
