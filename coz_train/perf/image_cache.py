@@ -46,6 +46,7 @@ A copy or pickle of the wrapper is a new wrapper, its cache empty, of a copy of 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import threading
 import weakref
@@ -78,14 +79,43 @@ def _flat(images: Any) -> list | None:
 _DIGESTS: dict[int, tuple[Any, bytes]] = {}  # id(image) -> (weak reference, digest): one hash per image object
 
 
+_EXPORTED_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "I", "F", "I;16")  # pixels alone (no palette) make the image
+
+
+@functools.cache
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError:
+        return None
+    return pyarrow
+
+
+def pixel_memory(image: Any) -> Any:
+    """A buffer of the image's pixels: Pillow's own memory, exported through the Arrow C data interface without a
+    copy (`pyarrow.array(image)`: RGB as 4 bytes per pixel, the fourth a pad byte), or `tobytes()`, a packed copy
+    (0.26 ms for a 512-px RGB image), where Pillow does not export it (rows not in one block, other modes) or
+    pyarrow is missing. Equal buffers mean equal pixels; equal pixels may differ in the pad byte (a miss, never a
+    wrong hit). A palette image's buffer holds its palette too."""
+    arrow = _pyarrow() if image.mode in _EXPORTED_MODES else None
+    if arrow is not None:
+        try:
+            return arrow.array(image).buffers()[-1]
+        except (ValueError, TypeError, AttributeError, arrow.ArrowException):  # e.g. rows in several blocks
+            pass
+    data = image.tobytes()
+    palette = image.getpalette() if image.mode in ("P", "PA") else None
+    return data + bytes(palette) if palette else data
+
+
 def digest(image: Any) -> bytes:
-    """128-bit xxHash3 digest of an image's pixels, computed once per live image object (xxHash3 hashes a 512-px
-    RGB image in 0.02 ms, BLAKE2 in 1.3 ms; a key collision would need two of the run's images to agree on 128
-    bits by chance)."""
+    """128-bit xxHash3 digest of an image's pixels (`pixel_memory`), computed once per live image object (0.04 ms for
+    a 512-px RGB image, BLAKE2 of its bytes 1.3 ms; a key collision would need two of the run's images to agree on
+    128 bits by chance)."""
     known = _DIGESTS.get(id(image))
     if known is not None and known[0]() is image:
         return known[1]
-    value = xxhash.xxh3_128(image.tobytes()).digest()
+    value = xxhash.xxh3_128(pixel_memory(image)).digest()
     try:
         _DIGESTS[id(image)] = (weakref.ref(image), value)
     except TypeError:  # an image type without weak references: hash it each time

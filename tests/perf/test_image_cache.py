@@ -147,3 +147,27 @@ def test_stored_pixels_are_each_images_own_output_and_the_model_leaves_them_as_t
         seen[int(h[0, 0])] = p
     for handle, pixels in seen.items():
         assert torch.equal(cache.pixels_of(handle), pixels)
+
+
+def test_digests_read_pillows_pixel_memory_and_tell_images_apart():
+    """The digest hashes Pillow's own pixel memory (Arrow export, no copy) where it can, the packed bytes where it
+    cannot (rows in several blocks); equal pixels give equal digests either way within a route, a changed pixel or
+    a changed palette another digest."""
+    import numpy as np
+    from PIL import Image
+
+    from coz_train.perf.image_cache import digest, pixel_memory
+
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    image, same = Image.fromarray(pixels), Image.fromarray(pixels.copy())
+    assert type(pixel_memory(image)).__name__ == "Buffer" and len(pixel_memory(image)) == 48 * 64 * 4
+    assert digest(image) == digest(same)
+    changed = pixels.copy()
+    changed[47, 63, 2] ^= 1
+    assert digest(Image.fromarray(changed)) != digest(image)
+    palette = image.convert("P")
+    other = palette.copy()
+    other.putpalette([255 - v for v in palette.getpalette()])
+    assert digest(palette) != digest(other) and pixel_memory(palette)[:48 * 64] == palette.tobytes()
+    large = Image.new("RGB", (4096, 4096), (1, 2, 3))  # Pillow keeps its rows in several blocks: the packed bytes
+    assert pixel_memory(large) == large.tobytes()
