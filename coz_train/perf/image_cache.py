@@ -21,8 +21,9 @@ processor one per call where it processes them one by one anyway (a torch image 
 image's pixel rows are then that call's output, and no concatenation of every unseen image's rows (~6 MB each at
 504 px) is made only to be cut up again; elsewhere they are a view of the batch output they came in. Nothing writes
 into them (the processor's callers get a concatenation or handles, and the vision tower reads them), which
-tests/perf/test_image_cache.py checks after a forward and backward pass. Calls it cannot serve from per-image pieces (outputs other than the tensors `pixel_values` / `image_grid_thw`, non-PIL inputs,
-`return_tensors` other than "pt") go straight to the real image processor.
+tests/perf/test_image_cache.py checks after a forward and backward pass. Calls it cannot serve from per-image
+pieces (outputs other than the tensors `pixel_values` / `image_grid_thw`, non-PIL inputs, `return_tensors` other
+than "pt") go straight to the real image processor.
 
 With `handles=True` (`perf.pixel_handles`, for a model whose vision tower reads through a
 `VisionFeatureCache`) the output's `pixel_values` are not pixel rows but `PixelHandles`: a tensor of that
