@@ -176,7 +176,7 @@ class DedupPrompts:
         if args or kwargs.get("return_assistant_tokens_mask") or not isinstance(conversation, (list, tuple)):
             return wrapped.apply_chat_template(conversation, *args, **kwargs)
         try:
-            options = content_key(kwargs)
+            options = content_key([kwargs, getattr(wrapped, "chat_template", None)])  # a template set later: others
             batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
             keys = [content_key(c) for c in conversation] if batched else [content_key(conversation)]
         except _Unkeyed:

@@ -81,6 +81,11 @@ def test_the_chat_template_renders_each_distinct_conversation_once():
     assert dedup.rendered == rendered + 3
     assert dedup.apply_chat_template(prompts[0], tokenize=False) == plain.apply_chat_template(prompts[0], tokenize=False)
     assert dedup.rendered == rendered + 4  # other options: rendered again
+    # the processor's template replaced: rendered again with it
+    template = dedup.chat_template
+    dedup.chat_template = template.replace("<|im_start|>", "<|im_start|> ")
+    assert "<|im_start|> " in dedup.apply_chat_template(prompts[0], tokenize=False, **options)
+    dedup.chat_template = template
     # the control: an edited text is another conversation
     edited = copy.deepcopy(prompts[0])
     edited[0]["content"][0]["text"] += " Be brief."
