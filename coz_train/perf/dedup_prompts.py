@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from coz_train.perf.image_cache import digest
+from coz_train.perf.image_cache import digest, is_image
 from coz_train.perf.wrapper_class import unwrapped, wrapper_class
 
 ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -59,10 +59,6 @@ def _dedup_class(kind: type) -> type:
 
 def _unwrapped(processor: Any) -> Any:
     return unwrapped(processor, DedupPrompts)
-
-
-def _is_image(value: Any) -> bool:
-    return hasattr(value, "tobytes") and hasattr(value, "mode") and hasattr(value, "size")
 
 
 def _rows(value: Any, index: list[int]) -> Any:
@@ -85,7 +81,7 @@ def content_key(value: Any) -> Any:
         return value
     if isinstance(value, (bool, int, float)):
         return (type(value).__name__, value)
-    if _is_image(value):
+    if is_image(value):
         return ("image", value.size, value.mode, digest(value))
     if isinstance(value, dict):
         return ("dict", *((k, content_key(v)) for k, v in value.items()))
@@ -95,7 +91,7 @@ def content_key(value: Any) -> Any:
 
 
 def _images_in(value: Any) -> int:
-    if _is_image(value):
+    if is_image(value):
         return 1
     if isinstance(value, dict):
         return sum(_images_in(v) for v in value.values())
@@ -104,7 +100,7 @@ def _images_in(value: Any) -> int:
     return 0
 
 
-def _first_rows(owner: list[int]) -> list[int]:
+def first_rows(owner: list[int]) -> list[int]:
     """The first row of each distinct item, items numbered in the order they first appear."""
     distinct: list[int] = []
     for r, g in enumerate(owner):
@@ -199,7 +195,7 @@ class DedupPrompts:
         if len(numbers) == len(owner):
             self.rendered += len(owner)
             return wrapped.apply_chat_template(conversation, **kwargs)
-        distinct = _first_rows(owner)
+        distinct = first_rows(owner)
         self.rendered += len(distinct)
         out = wrapped.apply_chat_template([conversation[r] for r in distinct], **kwargs)
         if not kwargs.get("tokenize"):
@@ -219,7 +215,7 @@ class DedupPrompts:
                 or not isinstance(images, (list, tuple)) or len(images) != len(text)
                 or any(kwargs.get(k) for k in _UNSERVED)):
             return None
-        if not all(isinstance(row, (list, tuple)) and row and all(_is_image(im) for im in row) for row in images):
+        if not all(isinstance(row, (list, tuple)) and row and all(is_image(im) for im in row) for row in images):
             return None
         image_token = getattr(self._wrapped, "image_token", None)
         if not isinstance(image_token, str) or not image_token:
@@ -229,7 +225,7 @@ class DedupPrompts:
                  for t, row in zip(text, images, strict=True)]
         if len(keys) == len(owner):
             return None
-        distinct = _first_rows(owner)
+        distinct = first_rows(owner)
         if any(text[r].count(image_token) != len(images[r]) for r in distinct):
             return None  # the processor pairs images with placeholders across rows: not a per-row call
         return distinct, owner

@@ -62,9 +62,14 @@ from coz_train.perf.wrapper_class import unwrapped, wrapper_class
 SERVED_KEYS = {"pixel_values", "image_grid_thw"}
 
 
+def is_image(value: Any) -> bool:
+    """Whether `value` is a PIL image (or reads as one: pixels, a mode and a size)."""
+    return hasattr(value, "tobytes") and hasattr(value, "mode") and hasattr(value, "size")
+
+
 def _flat(images: Any) -> list | None:
     """A flat list of PIL images from one image, a list, or a list of lists; None for anything else."""
-    if hasattr(images, "tobytes") and hasattr(images, "mode"):
+    if is_image(images):
         return [images]
     if not isinstance(images, (list, tuple)):
         return None

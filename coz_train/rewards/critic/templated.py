@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
+from coz_train.perf.dedup_prompts import first_rows
 from coz_train.policy.load import encode_chats
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ class TemplatedEncoder:
 
         groups: dict[tuple, int] = {}  # (head, image objects) -> index of the distinct head
         owner = [groups.setdefault((h, *map(id, imgs)), len(groups)) for h, imgs in zip(heads, images, strict=True)]
-        first = {g: r for r, g in reversed(list(enumerate(owner)))}
-        reps = [first[g] for g in range(len(groups))]
+        reps = first_rows(owner)
         # the images as the processor's call hands them to its image processor (the tensors, nothing else)
         pictures = processor.image_processor(images=[im for r in reps for im in images[r]], return_tensors="pt")
         if set(pictures.keys()) != set(IMAGE_KEYS) or not isinstance(pictures["pixel_values"], torch.Tensor):
